@@ -1,0 +1,67 @@
+"""The ``trainfleet`` command line: one thin module per command group, registered here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from trainfleet import __version__
+from trainfleet.errors import TrainfleetError
+
+app = typer.Typer(
+    name="trainfleet",
+    help="Launch, keep alive and debug training jobs and the GPU fleet they run on.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"trainfleet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Launch, keep alive and debug training jobs and the GPU fleet they run on."""
+
+
+def _register() -> None:
+    # Each command module adds its commands to ``app`` on import.
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point: run the app, turning trainfleet errors into one line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except TrainfleetError as exc:
+        print(f"trainfleet: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("trainfleet: aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
