@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := pciutils procps iproute2
+APT_PKGS := pciutils procps iproute2 nftables iputils-ping
 
 .PHONY: demo test bench lint sysdeps venv clean
 

@@ -6,7 +6,10 @@
     │   ├── SpecError               a job spec failed validation; carries the field path
     │   └── UnreadableInput         a path that cannot be read or parsed at all
     ├── JobNotFound                 no job with that id in the store (exit code 2)
+    │   └── AmbiguousJobId          a job id prefix matches several jobs
     ├── BackendError                the engine (local processes, Slurm) refused or failed
+    │   ├── NetworkSetupError       a testbed command (ip, tc, nft) failed; carries argv and stderr
+    │   └── EngineOutputError       an engine command's output (squeue, sinfo, sbatch) cannot be parsed
     └── StoreError                  the job database could not be read or written
 
 Every error carries the data it is about (path, field, job id) and renders as one line via ``str()``.
@@ -56,8 +59,42 @@ class JobNotFound(TrainfleetError):
         super().__init__(f"no such job: {job_id}")
 
 
+class AmbiguousJobId(JobNotFound):
+    """A job id prefix matches more than one job; ``matches`` holds (some of) their ids."""
+
+    def __init__(self, job_id: str, matches: list[str]) -> None:
+        self.matches = matches
+        TrainfleetError.__init__(self, f"ambiguous job id {job_id}: matches {', '.join(matches)}")
+        self.job_id = job_id
+
+
 class BackendError(TrainfleetError):
     """The execution engine failed to do what was asked."""
+
+
+class NetworkSetupError(BackendError):
+    """A command that builds or shapes the namespaced testbed (ip, tc, nft) failed."""
+
+    def __init__(self, message: str, *, argv: list[str] | None = None, stderr: str = "") -> None:
+        self.argv = argv or []
+        self.stderr = stderr.strip()
+        lines = self.stderr.splitlines()
+        last = next((ln for ln in lines if "Error" in ln), lines[-1] if lines else "")
+        detail = f" ({' '.join(self.argv)}: {last})" if self.argv and last else ""
+        super().__init__(message + detail)
+
+
+class EngineOutputError(BackendError):
+    """Output of an engine command (``squeue --json``, ``sinfo --json``, ``sbatch``) cannot be understood.
+
+    ``source`` names the command or file the text came from, ``field`` the JSON path (``jobs[2].job_state``).
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None) -> None:
+        self.source = source
+        self.field = field
+        where = ": ".join(part for part in (source, field) if part)
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class StoreError(TrainfleetError):

@@ -1,0 +1,1 @@
+"""Fabric and device probes: the worker that measures, the arithmetic, the schedule, and the judge."""
