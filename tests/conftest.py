@@ -1,0 +1,3 @@
+"""Shared pytest configuration: plugins with fixtures for real engines."""
+
+pytest_plugins = ["slurm_fixtures"]
