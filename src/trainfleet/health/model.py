@@ -90,11 +90,13 @@ class ExpressCap:
     atomic_ops_cap: str | None = None  # raw "32bit+ 64bit+ 128bitCAS+"
     atomic_ops_req_en: bool | None = None  # DevCtl2 AtomicOpsCtl: ReqEn+
     ari_fwd: bool | None = None  # DevCtl2 ARIFwd+
+    ari_fwd_cap: bool | None = None  # DevCap2 ARIFwd+ (the port can forward ARI)
+    lnk_cap2_speeds: str | None = None  # LnkCap2 "Supported Link Speeds: 2.5-32GT/s" -> "2.5-32GT/s"
 
 
 @dataclass(slots=True)
 class AcsCap:
-    """Access Control Services: capability and control flag sets, e.g. {"SrcValid": True, "ReqRedir": False}."""
+    """Access Control Services flag sets, e.g. {"SrcValid": True, "ReqRedir": False}."""
 
     cap: dict[str, bool] = field(default_factory=dict)
     ctl: dict[str, bool] = field(default_factory=dict)
@@ -185,6 +187,12 @@ class PciDevice:
     warnings: list[str] = field(default_factory=list)  # per-device parse problems
     raw: str = ""  # the whole device block, as it came (for evidence and re-parsing)
     kind: DeviceKind = DeviceKind.OTHER
+    physical_slot: str | None = None  # "Physical Slot: 2-1"
+
+    @property
+    def is_virtual_function(self) -> bool:
+        """An SR-IOV VF: its link fields are not real (lspci prints Speed unknown / Width x0)."""
+        return "Virtual Function" in self.vendor_device
 
     @property
     def bdf(self) -> str:
