@@ -58,10 +58,25 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # click usage errors (typer may bundle its own click)
+        if isinstance(exc, _click_exceptions()):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    kinds: list[type[Exception]] = []
+    try:
+        from typer._click.exceptions import ClickException as bundled
+
+        kinds.append(bundled)
+    except ImportError:
+        pass
+    try:
+        from click.exceptions import ClickException as plain
+
+        kinds.append(plain)
+    except ImportError:
+        pass
+    return tuple(kinds)
