@@ -47,7 +47,8 @@ _register()
 def main() -> None:
     """Console entry point: run the app, turning trainfleet errors into one line and an exit code."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
+        sys.exit(rc if isinstance(rc, int) else 0)
     except TrainfleetError as exc:
         print(f"trainfleet: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -1,0 +1,1 @@
+"""What runs on a node: the agent that spawns ranks, their environment, log pipes and ``report``."""

@@ -1,0 +1,351 @@
+"""The per-node agent: ``python -m trainfleet.runtime.agent [options] -- COMMAND...``.
+
+One agent runs per logical node (a local process, later one task of ``srun``). It spawns its ranks with the
+rank environment (``runtime.env``), each in its own session/process group, reads their stdout/stderr pipes
+into timestamped per-rank files, receives ``trainfleet.report`` datagrams, and talks to its supervisor over
+one TCP connection (``runtime.protocol``): ``Hello``, ``RankStarted``/``RankExited`` with pid, exit code or
+signal and times, and a ``Heartbeat`` every ``--heartbeat-interval-s`` with each rank's latest step.
+
+It stops its ranks (SIGTERM to each process group, SIGKILL after ``--grace-s``) when told to (``Stop``),
+on SIGTERM/SIGINT/SIGHUP, or when the supervisor connection is lost. Rank leaders get PR_SET_PDEATHSIG
+so that ``kill -9`` of the agent takes them down too. One thread, one ``select`` loop; stdlib only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from trainfleet.runtime import lifeline
+from trainfleet.runtime.env import Placement, rank_env, rank_log_paths
+from trainfleet.runtime.logpipe import PipeLog, utc_stamp
+from trainfleet.runtime.protocol import (
+    AgentDone,
+    Heartbeat,
+    Hello,
+    LineBuffer,
+    Message,
+    ProgressRow,
+    ProtocolError,
+    RankExited,
+    RankStarted,
+    Stop,
+    encode,
+    parse_addr,
+)
+from trainfleet.runtime.report import decode_report
+
+_MAX_ROWS_PER_RANK = 256  # per heartbeat; older rows of a flood are dropped, the newest always kept
+_DRAIN_S = 2.0  # after the last rank is gone, how long to wait for its pipes to reach EOF
+
+
+@dataclass
+class RankProc:
+    """One rank this agent started: its leader process, log pumps and outcome."""
+
+    rank: int
+    local_rank: int
+    pid: int
+    popen: subprocess.Popen | None
+    logs: list[PipeLog] = field(default_factory=list)
+    exited: RankExited | None = None
+
+
+class Agent:
+    """Runs the ranks of one node for one attempt and reports to the supervisor (see module doc)."""
+
+    def __init__(self, placement: Placement, argv: list[str], *, supervisor: str, workdir: str | None,
+                 heartbeat_interval_s: float, grace_s: float) -> None:
+        self.p = placement
+        self.argv = argv
+        self.supervisor_addr = supervisor
+        self.workdir = workdir
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.grace_s = grace_s
+        self.ranks: dict[int, RankProc] = {}
+        self.by_pid: dict[int, RankProc] = {}
+        self.sel = selectors.DefaultSelector()
+        self.conn: socket.socket | None = None
+        self.inbox = LineBuffer()
+        self.stop_reason: str | None = None
+        self.kill_at: float | None = None
+        self.rows: dict[int, list[ProgressRow]] = {}
+        self.steps: dict[int, int] = {}
+
+    # ---- wiring -------------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect to the supervisor and say ``Hello``; raises ``OSError`` when it cannot be reached."""
+        host, port = parse_addr(self.supervisor_addr)
+        self.conn = socket.create_connection((host, port), timeout=10)
+        self.conn.settimeout(5)  # a stalled supervisor must not wedge the agent forever
+        self.send(Hello(node_rank=self.p.node_rank, pid=os.getpid(), host=socket.gethostname()))
+        self.sel.register(self.conn, selectors.EVENT_READ, "conn")
+
+    def send(self, msg: Message) -> None:
+        """Send one message; a failed send means the supervisor is gone (and the ranks are stopped)."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.sendall(encode(msg))
+        except OSError:
+            self.lost_supervisor()
+
+    def lost_supervisor(self) -> None:
+        if self.conn is not None:
+            try:
+                self.sel.unregister(self.conn)
+            except (KeyError, ValueError):
+                pass
+            self.conn.close()
+            self.conn = None
+        self.request_stop("supervisor connection lost")
+
+    def request_stop(self, reason: str) -> None:
+        """SIGTERM every rank's process group now; the main loop sends SIGKILL after ``grace_s``."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.signal_groups(signal.SIGTERM)
+            self.kill_at = time.monotonic() + self.grace_s
+
+    # ---- ranks --------------------------------------------------------------------------------------
+    def spawn_all(self, udp_addr: str) -> None:
+        """Start every local rank in its own session with the rank env; a rank that cannot start exits 127."""
+        base = dict(os.environ)
+        hook = lifeline.die_with_parent_hook(signal.SIGKILL, os.getpid())
+        for local_rank in range(self.p.nproc_per_node):
+            if self.stop_reason is not None:  # told to stop while starting: start no more ranks
+                break
+            rank = self.p.global_rank(local_rank)
+            out_path, err_path = rank_log_paths(self.p.run_dir, self.p.attempt, self.p.node_rank, rank)
+            os.makedirs(os.path.dirname(out_path), exist_ok=True)
+            env = rank_env(base, self.p, local_rank, report_addr=udp_addr)
+            started = time.time()
+            try:
+                popen = subprocess.Popen(
+                    self.argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, start_new_session=True, preexec_fn=hook, close_fds=True,
+                )
+            except OSError as exc:  # command not found, not executable, bad workdir
+                with open(err_path, "ab") as err:
+                    err.write(f"{utc_stamp()} trainfleet: cannot start {self.argv[0]!r}: {exc}\n".encode())
+                open(out_path, "ab").close()
+                proc = RankProc(rank, local_rank, pid=0, popen=None)
+                self.ranks[rank] = proc
+                self.send(RankStarted(self.p.node_rank, rank, local_rank, 0, started, out_path, err_path))
+                self.finish_rank(proc, exit_code=127, sig=None)
+                continue
+            proc = RankProc(rank, local_rank, popen.pid, popen)
+            for pipe, path in ((popen.stdout, out_path), (popen.stderr, err_path)):
+                log = PipeLog(os.dup(pipe.fileno()), path)  # type: ignore[union-attr]
+                pipe.close()  # type: ignore[union-attr]
+                proc.logs.append(log)
+                self.sel.register(log.fd, selectors.EVENT_READ, log)
+            self.ranks[rank] = proc
+            self.by_pid[popen.pid] = proc
+            self.send(RankStarted(self.p.node_rank, rank, local_rank, popen.pid, started, out_path, err_path))
+
+    def finish_rank(self, proc: RankProc, *, exit_code: int | None, sig: int | None) -> None:
+        proc.exited = RankExited(self.p.node_rank, proc.rank, exit_code, sig, time.time())
+        if proc.popen is not None:
+            proc.popen.returncode = exit_code if sig is None else -sig  # reaped by us, not by Popen
+        self.send(proc.exited)
+
+    def reap(self) -> None:
+        """Reap every exited child: rank leaders are recorded; adopted orphans are just collected."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.by_pid.pop(pid, None)
+            if proc is None:
+                continue
+            if os.WIFSIGNALED(status):
+                self.finish_rank(proc, exit_code=None, sig=os.WTERMSIG(status))
+            else:
+                self.finish_rank(proc, exit_code=os.waitstatus_to_exitcode(status), sig=None)
+
+    def live_groups(self) -> list[int]:
+        """Process groups of our ranks that still have a member (the leader may already be gone)."""
+        alive = []
+        for proc in self.ranks.values():
+            if proc.pid <= 0:
+                continue
+            try:
+                os.killpg(proc.pid, 0)
+                alive.append(proc.pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return alive
+
+    def signal_groups(self, sig: int) -> None:
+        for pgid in self.live_groups():
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    # ---- progress -----------------------------------------------------------------------------------
+    def read_reports(self, udp: socket.socket) -> None:
+        while True:
+            try:
+                data = udp.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            decoded = decode_report(data)
+            if decoded is None:
+                continue
+            rank, step, ts, values = decoded
+            if rank not in self.ranks:
+                continue
+            if step is not None:
+                self.steps[rank] = step
+            rows = self.rows.setdefault(rank, [])
+            rows.append(ProgressRow(rank, step, ts, values))
+            if len(rows) > _MAX_ROWS_PER_RANK:
+                del rows[0]
+
+    def heartbeat(self) -> None:
+        rows = [row for per_rank in self.rows.values() for row in per_rank]
+        self.rows = {}
+        self.send(Heartbeat(self.p.node_rank, time.time(), dict(self.steps), rows))
+
+    def handle_conn(self) -> None:
+        assert self.conn is not None
+        try:
+            data = self.conn.recv(65536)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.lost_supervisor()
+            return
+        try:
+            messages = self.inbox.feed(data)
+        except ProtocolError:
+            self.lost_supervisor()
+            return
+        for msg in messages:
+            if isinstance(msg, Stop):
+                self.request_stop(msg.reason)
+
+    # ---- main loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Spawn, watch and stop the ranks; returns 0 iff every rank exited 0 and nobody asked to stop."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda s, _f: self.request_stop(f"agent got signal {s}"))
+        signal.signal(signal.SIGCHLD, lambda _s, _f: None)  # only to wake the loop
+        self.sel.register(wake_r, selectors.EVENT_READ, "wake")
+        lifeline.become_subreaper()
+
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp.setblocking(False)
+        self.sel.register(udp, selectors.EVENT_READ, "udp")
+        self.connect()
+        self.spawn_all(f"127.0.0.1:{udp.getsockname()[1]}")
+
+        next_beat = time.monotonic() + self.heartbeat_interval_s
+        drain_until: float | None = None
+        while True:
+            now = time.monotonic()
+            done = all(p.exited is not None for p in self.ranks.values())
+            if done and drain_until is None:
+                self.signal_groups(signal.SIGKILL)  # leftover children of exited ranks: no orphans
+                drain_until = now + _DRAIN_S
+            pipes_open = any(not log.closed for p in self.ranks.values() for log in p.logs)
+            if done and (not pipes_open or now >= (drain_until or now)):
+                break
+            if self.kill_at is not None and now >= self.kill_at:
+                self.signal_groups(signal.SIGKILL)
+                self.kill_at = now + 1.0  # keep killing stragglers (e.g. a fork racing the first kill)
+            deadline = min(next_beat, self.kill_at or next_beat, drain_until or next_beat)
+            for key, _ in self.sel.select(timeout=max(0.0, deadline - now)):
+                if key.data == "wake":
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif key.data == "udp":
+                    self.read_reports(udp)
+                elif key.data == "conn":
+                    self.handle_conn()
+                elif isinstance(key.data, PipeLog) and not key.data.pump():
+                    self.sel.unregister(key.fd)
+            self.reap()
+            if time.monotonic() >= next_beat:
+                self.heartbeat()
+                next_beat = time.monotonic() + self.heartbeat_interval_s
+
+        for proc in self.ranks.values():
+            for log in proc.logs:
+                log.close()
+        self.read_reports(udp)
+        self.heartbeat()
+        self.send(AgentDone(self.p.node_rank))
+        if self.conn is not None:
+            self.conn.close()
+        ok = all(p.exited is not None and p.exited.ok for p in self.ranks.values())
+        return 0 if ok and self.stop_reason is None else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The agent's command line (rendered by the backends; not meant to be typed by hand)."""
+    ap = argparse.ArgumentParser(prog="python -m trainfleet.runtime.agent", allow_abbrev=False)
+    ap.add_argument("--job-id", required=True)
+    ap.add_argument("--attempt", type=int, required=True)
+    ap.add_argument("--node-rank", type=int, help="this node's rank (default: $SLURM_NODEID)")
+    ap.add_argument("--nnodes", type=int, required=True)
+    ap.add_argument("--nproc-per-node", type=int, required=True)
+    ap.add_argument("--master-addr", required=True)
+    ap.add_argument("--master-port", type=int, required=True)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--checkpoint-dir")
+    ap.add_argument("--workdir")
+    ap.add_argument("--supervisor", required=True, help="host:port of the supervisor")
+    ap.add_argument("--heartbeat-interval-s", type=float, default=1.0)
+    ap.add_argument("--grace-s", type=float, default=5.0)
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m trainfleet.runtime.agent``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    node_rank = args.node_rank if args.node_rank is not None else int(os.environ.get("SLURM_NODEID", "-1"))
+    if not command or not 0 <= node_rank < args.nnodes:
+        print("trainfleet agent: need -- COMMAND and a node rank in 0..nnodes-1", file=sys.stderr)
+        return 2
+    placement = Placement(
+        job_id=args.job_id, attempt=args.attempt, node_rank=node_rank, nnodes=args.nnodes,
+        nproc_per_node=args.nproc_per_node, master_addr=args.master_addr, master_port=args.master_port,
+        run_dir=args.run_dir, checkpoint_dir=args.checkpoint_dir,
+    )
+    agent = Agent(placement, command, supervisor=args.supervisor, workdir=args.workdir,
+                  heartbeat_interval_s=args.heartbeat_interval_s, grace_s=args.grace_s)
+    try:
+        return agent.run()
+    except OSError as exc:
+        print(f"trainfleet agent: {exc}", file=sys.stderr)
+        agent.signal_groups(signal.SIGKILL)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

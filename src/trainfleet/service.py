@@ -1,0 +1,185 @@
+"""The library facade for jobs: what the CLI (and later the web app) call to run, dry-run and cancel.
+
+    spec = service.prepare_spec("job.yaml", ["nodes=2"])      # validated, paths resolved
+    request = service.dry_run(spec)                           # what would start; starts nothing
+    job_id = service.submit_detached(spec)                    # supervisor as a daemon
+    state = service.run_foreground(spec, observer=...)        # supervisor in this process
+    state = service.cancel("3fa9")                            # returns once the job is final
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainfleet.errors import BackendError, InputError
+
+if TYPE_CHECKING:
+    from trainfleet.backends.base import Backend, Request
+    from trainfleet.spec import JobSpec, JobState
+    from trainfleet.store import Store
+    from trainfleet.supervise.live import JobView
+
+CANCEL_FIND_SUPERVISOR_S = 15.0  # a just-detached supervisor may still be starting
+CANCEL_EXTRA_WAIT_S = 15.0  # beyond the spec's grace
+
+
+def prepare_spec(
+    path: str | Path, overrides: Sequence[str] = (), *, cwd: str | Path | None = None
+) -> JobSpec:
+    """Load and validate a spec, resolve ``workdir``/``checkpoint_dir`` against ``cwd``; check the workdir."""
+    from trainfleet.spec import load_spec
+
+    spec = load_spec(path, overrides).with_resolved_paths(cwd)
+    if not Path(spec.workdir).is_dir():
+        raise InputError(f"workdir: not a directory: {spec.workdir}", path=str(path))
+    return spec
+
+
+def backend_for(spec: JobSpec) -> Backend:
+    """The backend named by ``spec.backend``."""
+    if spec.backend == "local":
+        from trainfleet.backends.local import LocalBackend
+
+        return LocalBackend()
+    raise BackendError(f"backend {spec.backend!r} is not available in this version")
+
+
+def dry_run(spec: JobSpec, *, job_id: str = "<job-id>", run_dir: str | None = None) -> Request:
+    """The request of attempt 0 exactly as ``submit`` would start it, with placeholder ids; starts nothing."""
+    from trainfleet.backends.base import AttemptPlan
+    from trainfleet.store.db import trainfleet_home
+    from trainfleet.supervise.supervisor import free_port
+
+    plan = AttemptPlan(job_id=job_id, attempt=0, run_dir=run_dir or str(trainfleet_home() / "runs" / job_id),
+                       master_addr="127.0.0.1", master_port=free_port(), supervisor_addr="127.0.0.1:<port>",
+                       python=sys.executable)
+    return backend_for(spec).render(spec, plan)
+
+
+def create_job(spec: JobSpec, store: Store) -> str:
+    """Record a pending job, create its run dir and write the resolved ``spec.yaml`` there."""
+    import yaml
+
+    backend_for(spec)  # fail before recording a job we cannot run
+    job_id = store.create_job(spec)
+    run_dir = Path(store.get_job(job_id).run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    return job_id
+
+
+def supervise(job_id: str, store: Store, *, observer: Callable[[JobView], None] | None = None,
+              handle_signals: bool = True) -> JobState:
+    """Run the supervisor of an existing pending job in this process until it is final.
+
+    With ``handle_signals``, SIGINT/SIGTERM/SIGHUP cancel the job cleanly (call from the main thread).
+    """
+    from trainfleet.spec import JobSpec
+    from trainfleet.supervise.supervisor import Supervisor
+
+    record = store.get_job(job_id)
+    spec = JobSpec.model_validate(record.spec)
+    sup = Supervisor(store, record.id, spec, backend_for(spec), run_dir=record.run_dir, observer=observer)
+    previous = {}
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, lambda s, _f: sup.request_cancel(f"cancelled by signal {s}"))
+    try:
+        return sup.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def submit_detached(spec: JobSpec, store: Store) -> str:
+    """Create the job and start its supervisor as a daemon in its own session; returns the job id at once."""
+    job_id = create_job(spec, store)
+    run_dir = store.get_job(job_id).run_dir
+    with open(os.path.join(run_dir, "supervisor.log"), "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "trainfleet.supervise", "--job", job_id], stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )
+    return job_id
+
+
+def cancel(job: str, store: Store) -> JobState:
+    """Cancel a job and return its final state once no process of it is left.
+
+    Asks its supervisor (over its TCP address; SIGTERM to its pid as a fallback). When the supervisor is gone,
+    the job's processes on this host are killed and the job is marked cancelled here.
+    """
+    from trainfleet.backends.procscan import kill_job_processes
+    from trainfleet.spec import JobState
+
+    record = store.get_job(job)
+    if record.state.is_terminal:
+        return record.state
+    grace = float(record.spec.get("grace_s", 5.0))
+    deadline = time.monotonic() + CANCEL_FIND_SUPERVISOR_S
+    asked = False
+    while not asked and time.monotonic() < deadline:
+        record = store.get_job(record.id)
+        if record.state.is_terminal:
+            return record.state
+        asked = _ask_supervisor(record.supervisor_addr, record.supervisor_pid)
+        if not asked:
+            if record.supervisor_pid is not None and not _pid_alive(record.supervisor_pid):
+                break
+            time.sleep(0.1)
+    wait_until = time.monotonic() + (grace + CANCEL_EXTRA_WAIT_S if asked else 0)
+    while True:
+        record = store.get_job(record.id)
+        if record.state.is_terminal:
+            return record.state
+        if time.monotonic() >= wait_until:
+            break
+        time.sleep(0.1)
+    # No supervisor answered: nobody else will write this job any more.
+    kill_job_processes(record.id)
+    store.update_job(record.id, state=JobState.CANCELLED, reason="cancelled (its supervisor was gone)",
+                     ended_at=time.time())
+    store.add_event(record.id, "job_cancelled", "cancelled by user; the supervisor was not running")
+    return JobState.CANCELLED
+
+
+def _ask_supervisor(addr: str | None, pid: int | None) -> bool:
+    from trainfleet.runtime.protocol import CancelRequest, encode, parse_addr
+
+    if addr:
+        try:
+            with socket.create_connection(parse_addr(addr), timeout=2) as sock:
+                sock.sendall(encode(CancelRequest("cancelled by user")))
+            return True
+        except (OSError, ValueError):
+            pass
+    if pid is not None and _pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie (a killed daemon may wait long for init to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
