@@ -1,0 +1,252 @@
+"""The doctor pipeline: nodes -> (read, parse, rules, signature) per node, in parallel -> fleet diff.
+
+Streaming for fleets of 10^4 nodes: :func:`judge_node` is a top-level (picklable) function that reads,
+parses and judges one node and returns a compact :class:`NodeResult`: worker-local integer ids of its
+rule findings (as node-less templates) and of its devices' signatures; each distinct template, device
+signature and node signature travels to the parent once per worker. Most nodes of a fleet are
+identical: per-node noise (IRQs, MSI and BAR addresses, serials) is dropped before parsing
+(:func:`quiet_parse`), so identical nodes print identical blocks, the parser's block memo hits, and a
+worker memoises a whole node's judgement on the identity of its parsed blocks plus its command line.
+An identical node then costs a file read, a block split and dict hits. The parent keeps one interned
+signature per distinct node and diffs those with node counts (:mod:`trainfleet.health.diff`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainfleet.health.bundle import NodeSource, iter_sources, load_node
+from trainfleet.health.diff import diff_fleet
+from trainfleet.health.lspci import parse_block, parse_lspci
+from trainfleet.health.model import Finding, LspciDump, NodeFacts, PciDevice
+from trainfleet.health.rules import build_context, run_rules
+from trainfleet.health.signature import DevSig, NodeSig, node_signature
+from trainfleet.health.topology import build_topology
+
+INLINE_MAX_NODES = 24  # below this, starting worker processes costs more than it saves
+CHUNKSIZE = 16
+_MEMO_MAX = 256
+_BLOCKS_MAX = 4096
+_HEADER = re.compile(r"(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7] ")
+_COLUMN0 = re.compile(r"\n[^ \t\n]")  # a second column-0 line: not one simple block
+# What differs per node and no rule or signature reads: interrupt numbers, MSI addresses, VPD fields
+# (serial numbers, UUIDs), device serial numbers, BAR and bridge-window addresses (sizes are kept). Taking it
+# out before parsing makes identical nodes print identical blocks, so the parser's block memo and the
+# node memo below hit even when serials or the BIOS's address allocation differ.
+# Each pattern starts with a literal, so the regex engine skips ahead fast (most blocks are quieted once).
+_NOISE_LINES = re.compile(
+    r"\n[ \t]+(?:Interrupt:|Address:|\[|Capabilities: \[[0-9a-f]+ v\d+\] Device Serial Number)[^\n]*")
+_AT_ADDRESS = re.compile(r" at [0-9a-f]{4,}")  # Region / I/O ports / Expansion ROM "at <address>"
+_WINDOW = re.compile(r"bridge: [0-9a-f]{4,}-[0-9a-f]+")  # "Memory behind bridge: <start>-<end>"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResult:
+    """What a worker returns for one node: findings plus signature ids (new signatures ride along once)."""
+
+    name: str
+    finding_ids: tuple[int, ...]  # worker-local ids of finding templates (findings with node "")
+    worker: int
+    sig_id: int
+    new_findings: tuple[tuple[int, Finding], ...] = ()
+    new_devsigs: tuple[tuple[int, DevSig], ...] = ()
+    new_sig: tuple[int, ...] | None = None
+
+
+@dataclass(slots=True)
+class DoctorResult:
+    """The doctor's verdict on a set of nodes: rule findings then ranked ``diff-*`` findings."""
+
+    nodes: int
+    findings: list[Finding] = field(default_factory=list)
+    node_names: list[str] = field(default_factory=list)
+    distinct_signatures: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no finding has severity ``error``, else 1."""
+        return 1 if any(f.severity == "error" for f in self.findings) else 0
+
+
+class _WorkerState:
+    """Per-process memo tables (module global, so each worker keeps its own)."""
+
+    def __init__(self) -> None:
+        self.devsig_ids: dict[DevSig, int] = {}
+        self.finding_ids: dict[Finding, int] = {}
+        self.sig_ids: dict[tuple[int, ...], int] = {}
+        self.memo: dict[tuple[object, ...], tuple[tuple[PciDevice, ...], tuple[int, ...], int]] = {}
+        self.blocks: dict[str, tuple[PciDevice, str]] = {}  # raw block -> (parsed quiet block, its bdf)
+
+
+_STATE = _WorkerState()
+
+
+def _reset_state() -> None:
+    """Fresh memo tables: ids must be new to the parent that reads them (new run, new worker process)."""
+    global _STATE
+    _STATE = _WorkerState()
+
+
+def _quiet(chunk: str) -> str:
+    quiet = _AT_ADDRESS.sub(" at 0", _NOISE_LINES.sub("", chunk))
+    return _WINDOW.sub("bridge: 0-0", quiet)
+
+
+def quiet_text(text: str) -> str:
+    """``text`` without per-node noise (see ``_NOISE_LINES``, ``_AT_ADDRESS``, ``_WINDOW``)."""
+    return "\n\n".join(_quiet(chunk) for chunk in text.split("\n\n"))
+
+
+def quiet_parse(text: str) -> LspciDump:
+    """``parse_lspci(quiet_text(text))``, the fast way for the usual capture (blank-line separated blocks,
+    each a header at column 0 plus indented lines): a raw block seen before costs one dict lookup, a new
+    one is quieted and handed to the parser's memoised :func:`parse_block`. Anything else (CRLF, garbage
+    between blocks, odd indentation, no device) goes through :func:`parse_lspci` unchanged."""
+    cache = _STATE.blocks
+    if len(cache) >= _BLOCKS_MAX:
+        cache.clear()
+    devices: list[PciDevice] = []
+    bdfs: list[str] = []
+    for chunk in text.split("\n\n") if "\r" not in text else ():
+        hit = cache.get(chunk)
+        if hit is None:
+            body = chunk.strip("\n")
+            if not body.strip():
+                continue
+            if _HEADER.match(body) is None or _COLUMN0.search(body) is not None:
+                break
+            dev = parse_block(_quiet(body).rstrip())
+            hit = cache[chunk] = (dev, dev.bdf)
+        devices.append(hit[0])
+        bdfs.append(hit[1])
+    else:
+        if devices:
+            return _dump(devices, bdfs)
+    return parse_lspci(quiet_text(text))
+
+
+def _dump(devices: list[PciDevice], bdfs: list[str]) -> LspciDump:
+    """The dump :func:`parse_lspci` would build from these blocks (same dump-level warnings)."""
+    dump = LspciDump(devices=devices)
+    denied = sum(d.access_denied for d in devices)
+    if denied:
+        dump.warnings.append(f"not run as root: capabilities hidden (<access denied>) on {denied} devices")
+    if len(set(bdfs)) != len(bdfs):
+        seen: set[str] = set()
+        for bdf in bdfs:
+            if bdf in seen:
+                dump.warnings.append(f"device {bdf} printed more than once")
+            seen.add(bdf)
+    return dump
+
+
+def _ids(items: Iterable[Any], table: dict[Any, int], new: list[tuple[int, Any]]) -> tuple[int, ...]:
+    """Worker-local ids of ``items``; items never sent before are appended to ``new``."""
+    out = []
+    for item in items:
+        i = table.get(item)
+        if i is None:
+            i = table[item] = len(table)
+            new.append((i, item))
+        out.append(i)
+    return tuple(out)
+
+
+def _judge_fresh(node: NodeFacts) -> tuple[tuple[int, ...], list[tuple[int, Finding]], tuple[int, ...],
+                                           list[tuple[int, DevSig]]]:
+    topo = build_topology(node.lspci)
+    templates = (dataclasses.replace(f, node="") for f in run_rules(node, topo))
+    new_findings: list[tuple[int, Finding]] = []
+    finding_ids = _ids(templates, _STATE.finding_ids, new_findings)
+    new_devsigs: list[tuple[int, DevSig]] = []
+    devsig_ids = _ids(node_signature(build_context(node, topo)), _STATE.devsig_ids, new_devsigs)
+    return finding_ids, new_findings, devsig_ids, new_devsigs
+
+
+def judge_node(source: NodeSource) -> NodeResult:
+    """Read, parse and judge one node (rules + signature). Raises UnreadableInput for an unreadable file."""
+    node = load_node(source, parse=quiet_parse)
+    devices = tuple(node.lspci.devices)
+    # Identical blocks parse to one shared object (parser memo); the memo entry keeps ``devices`` alive,
+    # so the ids in its key cannot be reused while it exists.
+    key = (tuple(map(id, devices)), node.cmdline, tuple(node.lspci.warnings) if not devices else ())
+    hit = _STATE.memo.get(key)
+    if hit is not None:
+        _, finding_ids, sig_id = hit
+        return NodeResult(node.name, finding_ids, os.getpid(), sig_id)
+    finding_ids, new_findings, ids, new_devsigs = _judge_fresh(node)
+    sig_id = _STATE.sig_ids.get(ids)
+    new_sig = None
+    if sig_id is None:
+        sig_id = _STATE.sig_ids[ids] = len(_STATE.sig_ids)
+        new_sig = ids
+    if len(_STATE.memo) >= _MEMO_MAX:
+        _STATE.memo.clear()
+    _STATE.memo[key] = (devices, finding_ids, sig_id)
+    return NodeResult(node.name, finding_ids, os.getpid(), sig_id, tuple(new_findings), tuple(new_devsigs),
+                      new_sig)
+
+
+def _results(sources: Iterable[NodeSource], workers: int) -> Iterator[NodeResult]:
+    if workers <= 1:
+        yield from map(judge_node, sources)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers, initializer=_reset_state) as pool:
+        yield from pool.imap(judge_node, sources, chunksize=CHUNKSIZE)
+
+
+def _peek(sources: Iterator[NodeSource], n: int) -> tuple[list[NodeSource], Iterator[NodeSource]]:
+    head: list[NodeSource] = []
+    for s in sources:
+        head.append(s)
+        if len(head) > n:
+            break
+    return head, sources
+
+
+def run_doctor(paths: Sequence[str], *, workers: int | None = None) -> DoctorResult:
+    """Judge every node under ``paths`` and diff the fleet. Raises UnreadableInput for a bad path."""
+    sources = iter_sources(paths)  # checks every path now
+    _reset_state()
+    head, rest = _peek(sources, INLINE_MAX_NODES)
+    if workers is None:
+        workers = 1 if len(head) <= INLINE_MAX_NODES else min(2, os.cpu_count() or 1)
+    stream: Iterable[NodeSource] = head if len(head) <= INLINE_MAX_NODES else _chain(head, rest)
+
+    templates: dict[tuple[int, int], Finding] = {}
+    devsigs: dict[tuple[int, int], DevSig] = {}
+    interned_dev: dict[DevSig, DevSig] = {}
+    sigs: dict[tuple[int, int], NodeSig] = {}
+    interned_sig: dict[NodeSig, NodeSig] = {}
+    members: dict[NodeSig, list[str]] = defaultdict(list)
+    result = DoctorResult(nodes=0)
+    for res in _results(stream, workers):
+        for i, finding in res.new_findings:
+            templates[(res.worker, i)] = finding
+        for i, dev in res.new_devsigs:
+            devsigs[(res.worker, i)] = interned_dev.setdefault(dev, dev)
+        if res.new_sig is not None:
+            sig = tuple(devsigs[(res.worker, i)] for i in res.new_sig)
+            sigs[(res.worker, res.sig_id)] = interned_sig.setdefault(sig, sig)
+        members[sigs[(res.worker, res.sig_id)]].append(res.name)
+        result.findings.extend(dataclasses.replace(templates[(res.worker, i)], node=res.name)
+                               for i in res.finding_ids)
+        result.node_names.append(res.name)
+        result.nodes += 1
+    result.distinct_signatures = len(members)
+    result.findings.extend(diff_fleet(list(members.items())))
+    return result
+
+
+def _chain(head: list[NodeSource], rest: Iterator[NodeSource]) -> Iterator[NodeSource]:
+    yield from head
+    yield from rest
