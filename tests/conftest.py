@@ -1,3 +1,3 @@
 """Shared pytest configuration: plugins with fixtures for real engines."""
 
-pytest_plugins = ["slurm_fixtures"]
+pytest_plugins = ["slurm_fixtures", "pg_fixtures"]

@@ -71,3 +71,16 @@ def test_unreadable_input_exits_2_with_one_line() -> None:
 def test_missing_path_is_a_usage_error() -> None:
     proc = doctor()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_save_writes_latest_report_for_the_dashboard(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "TRAINFLEET_HOME": str(tmp_path)}
+    proc = subprocess.run([str(TRAINFLEET), "doctor", str(FLEET), "--save"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env=env)
+    assert proc.returncode == 1, proc.stderr
+    saved = json.loads((tmp_path / "fleet" / "latest.json").read_text())
+    assert saved["nodes"] == 8
+    assert any(f["check"] == "acs-redirect" and f["node"] == "gpu-node-05" for f in saved["findings"])
+    assert not [p for p in (tmp_path / "fleet").iterdir() if p.name.startswith(".latest")]  # no temp left

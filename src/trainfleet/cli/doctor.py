@@ -26,6 +26,9 @@ def doctor(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object {nodes, findings} on stdout."),
     html_file: Path | None = typer.Option(None, "--html", metavar="FILE", help="Also write an HTML report."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes (default: up to 2)."),
+    save: bool = typer.Option(False, "--save",
+                              help="Also save the JSON report as $TRAINFLEET_HOME/fleet/latest.json "
+                                   "(the dashboard's fleet page and /metrics read it)."),
 ) -> None:
     """Name the wrong PCIe / BIOS / kernel setting across a fleet from lspci captures."""
     from trainfleet.health import report
@@ -44,5 +47,21 @@ def doctor(
         report.render(result, console)
     if html_file is not None:
         report.write_html(result, html_file)
+    if save:
+        _save_latest(report.to_json(result))
     # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which drops Exit codes.
     raise SystemExit(result.exit_code)
+
+
+def _save_latest(doc: dict) -> Path:
+    """Write the report atomically, so the dashboard never reads half of one."""
+    import os
+
+    from trainfleet.store.db import trainfleet_home
+
+    target = trainfleet_home() / "fleet" / "latest.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".latest.json.{os.getpid()}")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, target)
+    return target
