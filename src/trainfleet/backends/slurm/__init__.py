@@ -1,4 +1,6 @@
-"""The Slurm backend: states table, output parsers and hostlists (render and submit build on these).
+"""The Slurm backend: states table, output parsers and hostlists; ``render`` (the sbatch script, pure),
+``backend.SlurmBackend`` (sbatch / squeue / scancel behind the ``Backend`` seam) and ``collect`` (one job
+that runs ``trainfleet collect`` on every usable node).
 
 Tested against real Slurm 22.05 daemons started by ``scripts/slurm-dev-cluster up``.
 """

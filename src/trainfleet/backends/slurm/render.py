@@ -1,0 +1,135 @@
+"""One attempt of a job rendered as an sbatch script: pure text, no I/O (golden-tested, shown by --dry-run).
+
+The script asks Slurm for ``spec.nodes`` nodes with one task each, then ``srun`` starts the very same agent
+the local backend runs (``trainfleet.runtime.agent``) once per node; the agent takes its node rank from
+``$SLURM_NODEID`` and spawns ``procs_per_node`` ranks with the usual environment contract. ``MASTER_ADDR`` is
+the first host of the allocation, computed by the script and handed to every agent.
+
+Quoting: ``#SBATCH`` lines are read by sbatch, not by a shell, so they only carry values trainfleet controls
+or has validated (node names, numbers, the job name pattern, paths made of safe characters); everything that
+comes from the user (command, arguments, environment values, workdir, checkpoint dir) appears only in the
+shell body, each value through ``shlex.quote``.
+
+Preemption and time limits: ``--signal=B:USR1@<s>`` makes Slurm signal the batch shell ``s`` seconds before it
+stops the job; the script's trap records the notice in ``$TRAINFLEET_PREEMPT_NOTICE`` (a file ranks may poll
+to checkpoint) and forwards nothing that could kill an agent. ``--requeue`` lets Slurm requeue the job after
+preemption or node failure.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from trainfleet.backends.base import AgentLaunch, AttemptPlan, Request
+from trainfleet.backends.local import agent_argv, agent_env
+from trainfleet.errors import BackendError
+
+if TYPE_CHECKING:
+    from trainfleet.spec import JobSpec
+
+PREEMPT_SIGNAL = "USR1"
+PREEMPT_NOTICE_S = 60
+"""Seconds of warning before preemption / time limit (Slurm delivers it with up to 60 s of jitter)."""
+
+# What sbatch can read back from an #SBATCH line unchanged: no blanks, quotes, '#', backslash or newline
+# ('<' and '>' only for the placeholders of --dry-run: sbatch does not treat them specially).
+_SAFE_DIRECTIVE = re.compile(r"[A-Za-z0-9_./+,:=@%~<>\[\]-]+")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def slurm_job_name(spec: JobSpec, plan: AttemptPlan) -> str:
+    """The Slurm job name of an attempt: ``tf-<name>-<job id>-a<attempt>`` (findable in squeue)."""
+    return f"tf-{spec.name}-{plan.job_id}-a{plan.attempt}"
+
+
+def attempt_dir(plan: AttemptPlan) -> str:
+    """Directory of the attempt's files on the shared filesystem (the agents write rank logs below it)."""
+    return f"{plan.run_dir}/attempt-{plan.attempt}"
+
+
+def batch_log_path(plan: AttemptPlan) -> str:
+    """The batch script's own stdout/stderr (``%j`` is the Slurm job id)."""
+    return f"{attempt_dir(plan)}/slurm-%j.out"
+
+
+def agent_log_pattern(plan: AttemptPlan) -> str:
+    """srun's per-node output file for the agents (``%n`` is the node id = ``$SLURM_NODEID``)."""
+    return f"{attempt_dir(plan)}/node-%n/agent.log"
+
+
+def check_node_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Sorted, de-duplicated node names; raises ``BackendError`` for one Slurm could not name."""
+    out = sorted(set(names))
+    for name in out:
+        if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
+            raise BackendError(f"exclude: {name!r} is not a Slurm node name")
+    return tuple(out)
+
+
+def render_script(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = (),
+                  partition: str | None = None) -> str:
+    """The sbatch script of one attempt; the same inputs always give the same text."""
+    excluded = check_node_names(exclude)
+    directives = [
+        f"--job-name={slurm_job_name(spec, plan)}",
+        f"--nodes={spec.nodes}",
+        "--ntasks-per-node=1",
+        f"--cpus-per-task={spec.procs_per_node}",
+        f"--output={batch_log_path(plan)}",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:{PREEMPT_SIGNAL}@{PREEMPT_NOTICE_S}",
+    ]
+    if partition is not None:
+        directives.append(f"--partition={partition}")
+    if excluded:
+        directives.append(f"--exclude={','.join(excluded)}")
+    for directive in directives:
+        if not _SAFE_DIRECTIVE.fullmatch(directive):
+            raise BackendError(
+                f"cannot write #SBATCH {directive!r}: it has blanks, quotes or other characters sbatch "
+                "would misread (TRAINFLEET_HOME and the partition must be plain paths/names)"
+            )
+
+    q = shlex.quote
+    argv = agent_argv(spec, plan, None)
+    at = argv.index("--master-addr")
+    agent = [q(a) for a in argv[:at + 1]] + ['"$MASTER_ADDR"'] + [q(a) for a in argv[at + 2:]]
+    env = {**agent_env(spec), "TRAINFLEET_JOB_ID": plan.job_id, "TRAINFLEET_ATTEMPT": str(plan.attempt),
+           "TRAINFLEET_PREEMPT_NOTICE": f"{attempt_dir(plan)}/preempt-notice"}
+    lines = ["#!/bin/bash"]
+    lines += [f"#SBATCH {directive}" for directive in directives]
+    lines += [
+        f"# trainfleet job {plan.job_id} attempt {plan.attempt}: one agent per node; rendered, do not edit.",
+        "set -u",
+        *(f"export {key}={q(value)}" for key, value in env.items()),
+        "mapfile -t TF_HOSTS < <(scontrol show hostnames \"$SLURM_JOB_NODELIST\")",
+        'export MASTER_ADDR="${TF_HOSTS[0]}"',
+        "trap 'echo \"trainfleet: $(date -u +%FT%TZ) preemption/time-limit notice\";"
+        " date -u +%FT%TZ >>\"$TRAINFLEET_PREEMPT_NOTICE\"' " + PREEMPT_SIGNAL,
+        # srun runs in the background so the trap fires at once; `wait` returns early on a trapped signal.
+        f"srun --nodes={spec.nodes} --ntasks-per-node=1 --kill-on-bad-exit=0 "
+        f"--output={q(agent_log_pattern(plan))} \\",
+        "    " + " ".join(agent) + " &",
+        "TF_SRUN=$!",
+        'while wait "$TF_SRUN"; TF_STATUS=$?; kill -0 "$TF_SRUN" 2>/dev/null; do :; done',
+        'exit "$TF_STATUS"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_request(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = (),
+                   partition: str | None = None) -> Request:
+    """The attempt as a ``Request``: ``script`` is the sbatch text; ``agents`` describe what srun starts."""
+    script = render_script(spec, plan, exclude=exclude, partition=partition)
+    agents = [
+        AgentLaunch(node_rank=node, argv=agent_argv(spec, plan, None), env=agent_env(spec), cwd=spec.workdir,
+                    log_path=agent_log_pattern(plan).replace("%n", str(node)))
+        for node in range(spec.nodes)
+    ]
+    return Request(backend="slurm", job_id=plan.job_id, attempt=plan.attempt,
+                   world_size=spec.nodes * spec.procs_per_node, master_addr="$MASTER_ADDR (first host)",
+                   master_port=plan.master_port, agents=agents, script=script)
