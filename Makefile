@@ -28,8 +28,18 @@ sysdeps:
 	  else echo "not root: please install$$missing" >&2; fi; \
 	fi
 
+# The main job: train the GPT demo on 2 logical nodes, then go on from its checkpoint (resume), then the doctor.
+# The venv goes first on PATH so the job's `python` is the one with torch.
+RUNENV := PATH="$(CURDIR)/$(BIN):$$PATH"
 demo: sysdeps venv
-	$(BIN)/trainfleet doctor examples/fleet
+	rm -rf runs/gpt-demo/ckpt
+	$(RUNENV) $(BIN)/trainfleet run examples/gpt/job.yaml
+	@echo "--- again, 100 more steps: it resumes from the newest checkpoint ---"
+	$(RUNENV) $(BIN)/trainfleet run examples/gpt/job.yaml \
+	  --set 'command=[python, examples/gpt/train.py, --steps, "500", --ckpt-every, "50", --eval-every, "100"]'
+	$(RUNENV) $(BIN)/trainfleet list
+	@echo "--- the fleet doctor on the sample fleet (one planted fault; exit 1 means it found it) ---"
+	$(RUNENV) $(BIN)/trainfleet doctor examples/fleet || [ $$? -eq 1 ]
 
 test: sysdeps venv
 	$(BIN)/ruff check src tests benchmarks examples
@@ -37,6 +47,8 @@ test: sysdeps venv
 
 bench: sysdeps venv
 	$(BIN)/python benchmarks/doctor_fleet.py --nodes 12500
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/launch.py
+	$(BIN)/python benchmarks/ui_load.py
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks examples
