@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := pciutils procps iproute2 nftables iputils-ping slurmctld slurmd slurm-client munge postgresql chromium
+APT_PKGS := pciutils dmidecode procps iproute2 nftables iputils-ping slurmctld slurmd slurm-client munge postgresql chromium
 
 .PHONY: demo test bench lint sysdeps venv clean
 
