@@ -5,6 +5,7 @@
     job_id = service.submit_detached(spec)                    # supervisor as a daemon
     state = service.run_foreground(spec, observer=...)        # supervisor in this process
     state = service.cancel("3fa9")                            # returns once the job is final
+    attempt = service.resume("3fa9")                          # after its supervisor died: next attempt
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def backend_for(spec: JobSpec) -> Backend:
         from trainfleet.backends.local import LocalBackend
 
         return LocalBackend()
+    if spec.backend == "slurm":
+        from trainfleet.backends import get_backend
+
+        return get_backend("slurm")
     raise BackendError(f"backend {spec.backend!r} is not available in this version")
 
 
@@ -77,17 +82,23 @@ def create_job(spec: JobSpec, store: Store) -> str:
 
 
 def supervise(job_id: str, store: Store, *, observer: Callable[[JobView], None] | None = None,
-              handle_signals: bool = True) -> JobState:
-    """Run the supervisor of an existing pending job in this process until it is final.
+              handle_signals: bool = True, first_attempt: int = 0) -> JobState:
+    """Run the supervisor of an existing job in this process until it is final.
 
-    With ``handle_signals``, SIGINT/SIGTERM/SIGHUP cancel the job cleanly (call from the main thread).
+    ``first_attempt`` > 0 continues a job prepared by ``prepare_resume``. With ``handle_signals``,
+    SIGINT/SIGTERM/SIGHUP cancel the job cleanly (call from the main thread).
     """
     from trainfleet.spec import JobSpec
     from trainfleet.supervise.supervisor import Supervisor
 
     record = store.get_job(job_id)
     spec = JobSpec.model_validate(record.spec)
-    sup = Supervisor(store, record.id, spec, backend_for(spec), run_dir=record.run_dir, observer=observer)
+    lost_step = None
+    if first_attempt:
+        latest = store.latest_metrics(record.id)
+        lost_step = max((row.step for row in latest.values()), default=None)
+    sup = Supervisor(store, record.id, spec, backend_for(spec), run_dir=record.run_dir, observer=observer,
+                     first_attempt=first_attempt, lost_step=lost_step)
     previous = {}
     if handle_signals:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -102,13 +113,65 @@ def supervise(job_id: str, store: Store, *, observer: Callable[[JobView], None] 
 def submit_detached(spec: JobSpec, store: Store) -> str:
     """Create the job and start its supervisor as a daemon in its own session; returns the job id at once."""
     job_id = create_job(spec, store)
-    run_dir = store.get_job(job_id).run_dir
-    with open(os.path.join(run_dir, "supervisor.log"), "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "trainfleet.supervise", "--job", job_id], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-        )
+    _start_supervisor_daemon(job_id, store.get_job(job_id).run_dir)
     return job_id
+
+
+def _start_supervisor_daemon(job_id: str, run_dir: str, first_attempt: int = 0) -> None:
+    argv = [sys.executable, "-m", "trainfleet.supervise", "--job", job_id]
+    if first_attempt:
+        argv += ["--resume-attempt", str(first_attempt)]
+    with open(os.path.join(run_dir, "supervisor.log"), "ab") as log:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True, close_fds=True)
+
+
+def prepare_resume(job: str, store: Store) -> int:
+    """Close what a dead supervisor left open and return the number of the next attempt to run.
+
+    Refuses (``InputError``) a job that succeeded, or one whose supervisor is still alive. For a job left
+    ``running``: the open attempt is marked failed with cause "supervisor lost" (a ``supervisor_lost`` event
+    times it for goodput), its open rank rows are closed, every leftover process of the job is killed, and the
+    lost attempt counts as a restart. A failed or cancelled job simply gets a new attempt.
+    """
+    from trainfleet.backends.procscan import kill_job_processes
+    from trainfleet.spec import JobState
+
+    record = store.get_job(job)
+    if record.state is JobState.SUCCEEDED:
+        raise InputError(f"job {record.id} already succeeded; nothing to resume")
+    if record.state is JobState.RUNNING and record.supervisor_pid and _pid_alive(record.supervisor_pid):
+        raise InputError(f"job {record.id} is still supervised by pid {record.supervisor_pid}")
+    attempts = store.attempts(record.id)
+    now = time.time()
+    kill_job_processes(record.id)
+    if attempts and attempts[-1].state in (JobState.RUNNING, JobState.PENDING):
+        last = attempts[-1].attempt
+        latest = store.latest_metrics(record.id)
+        fault = max((row.ts for row in latest.values()), default=attempts[-1].started_at or now)
+        cause = "supervisor lost (its process died while the attempt ran)"
+        store.add_event(record.id, "supervisor_lost", cause, attempt=last,
+                        data={"fault_ts": fault, "detected_ts": now, "supervisor_pid": record.supervisor_pid,
+                              "last_step": max((row.step for row in latest.values()), default=None)})
+        for rank in store.ranks(record.id, last):
+            if not rank.state.is_terminal:
+                store.upsert_rank(record.id, last, rank.rank, node_rank=rank.node_rank,
+                                  local_rank=rank.local_rank, state=JobState.FAILED, ended_at=now)
+        store.end_attempt(record.id, last, state=JobState.FAILED, reason=cause, ended_at=now)
+        store.add_event(record.id, "attempt_failed", cause, attempt=last)
+    nxt = attempts[-1].attempt + 1 if attempts else 0
+    store.update_job(record.id, state=JobState.PENDING, restarts=nxt)
+    store.add_event(record.id, "resume", f"resume requested: attempt {nxt} from the latest checkpoint",
+                    attempt=nxt)
+    return nxt
+
+
+def resume(job: str, store: Store) -> int:
+    """``prepare_resume``, then start a detached supervisor at that attempt; returns the attempt number."""
+    record = store.get_job(job)
+    nxt = prepare_resume(record.id, store)
+    _start_supervisor_daemon(record.id, record.run_dir, nxt)
+    return nxt
 
 
 def cancel(job: str, store: Store) -> JobState:

@@ -61,6 +61,10 @@ class LocalBackend:
     def __init__(self) -> None:
         self._agents: dict[str, dict[int, subprocess.Popen]] = {}
 
+    def node_pool(self, count: int) -> list[str]:
+        """Names of the agent slots a job may use (``local-0`` ...): a slot is this backend's node."""
+        return [f"local-{i}" for i in range(count)]
+
     def render(self, spec: JobSpec, plan: AttemptPlan) -> Request:
         """One ``AgentLaunch`` per node; pure."""
         agents = [
@@ -116,6 +120,7 @@ class LocalBackend:
         for proc in procs.values():
             if proc.poll() is None:
                 _kill_group(proc.pid, signal.SIGTERM)
+                _kill_group(proc.pid, signal.SIGCONT)  # a stopped (SIGSTOP) agent must run to obey
         deadline = time.monotonic() + grace_s + 2.0  # the agents' own grace, plus time to report back
         for proc in procs.values():
             try:

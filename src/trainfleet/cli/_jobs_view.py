@@ -102,6 +102,26 @@ def status_view(doc: dict[str, Any]) -> Group:
     sup = doc["supervisor"]
     if sup["pid"] is not None or sup["addr"]:
         lines.append(Text(f"supervisor: pid {sup['pid'] or '-'}, {sup['addr'] or '-'}"))
+        if sup.get("alive") is False:
+            hint = f"its process is gone: continue with `trainfleet resume {doc['id']}`"
+            lines.append(Text(f"            {hint}", style="bold red"))
+    goodput = doc.get("goodput") or {}
+    if goodput.get("ratio") is not None:
+        lost = goodput["lost_s"]
+        productive, wall = fmt_duration(goodput["productive_s"]), fmt_duration(goodput["wall_s"])
+        lines.append(Text(f"goodput:    {goodput['ratio']:.1%} ({productive} productive of {wall}); "
+                          f"lost: detection {lost['detection']:.1f}s, "
+                          f"teardown {lost['teardown']:.1f}s, restart {lost['restart']:.1f}s, recompute "
+                          f"{lost['recompute']:.1f}s ({goodput['recomputed_steps']} steps)"))
+    if doc.get("stacks"):
+        st = doc["stacks"]
+        odd = ", ".join(map(str, st["odd_ranks"])) or "none"
+        lines.append(Text(f"stacks:     {st['directory']} "
+                          f"(odd rank out: {odd}; trainfleet debug {doc['id']})"))
+    if doc.get("story") and (doc["restarts"] or doc.get("stacks") or len(doc["story"]) > 1
+                             or doc["state"] == JobState.FAILED.value):
+        lines.append(Text("story:", style="bold"))
+        lines.extend(Text(f"  {line}") for line in doc["story"])
     if doc["attempts"]:
         lines.extend([Text(""), _attempts_table(doc["attempts"])])
     if doc["ranks"]:

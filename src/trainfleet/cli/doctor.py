@@ -38,8 +38,7 @@ def doctor(
         raise UsageError("doctor needs a PATH: a node bundle, a directory of bundles or an lspci file")
     result = run_doctor(paths, workers=workers)
     if json_out:
-        json.dump(report.to_json(result), sys.stdout)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(report.to_json(result)) + "\n")  # one write: stdout may be unbuffered
     else:
         console = Console()
         if not console.is_terminal:

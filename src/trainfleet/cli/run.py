@@ -41,6 +41,8 @@ def run_cmd(
         request = service.dry_run(spec).to_dict()
         if as_json:
             typer.echo(json.dumps(request, indent=2))
+        elif request.get("script"):  # a batch backend (slurm): the script exactly as it would be submitted
+            typer.echo(request["script"].rstrip())
         else:
             import yaml
 

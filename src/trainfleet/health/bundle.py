@@ -39,14 +39,18 @@ class NodeSource:
     explicit: bool = False  # named on the command line itself (then an empty capture is an input error)
 
 
-def read_text(path: str) -> str:
-    """The file as text (undecodable bytes replaced); UnreadableInput when it cannot be read."""
+def read_bytes(path: str) -> bytes:
+    """The file's bytes; UnreadableInput when it cannot be read."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except OSError as exc:
         raise UnreadableInput(exc.strerror or "cannot be read", path=path) from None
-    return data.decode("utf-8", errors="replace")
+
+
+def read_text(path: str) -> str:
+    """The file as text (undecodable bytes replaced); UnreadableInput when it cannot be read."""
+    return read_bytes(path).decode("utf-8", errors="replace")
 
 
 def _walk(directory: str) -> Iterator[NodeSource]:
@@ -92,10 +96,13 @@ def iter_sources(paths: Iterable[str]) -> Iterator[NodeSource]:
 
 
 def load_node(source: NodeSource, *, extras: bool = False,
-              parse: Callable[[str], LspciDump] = parse_lspci) -> NodeFacts:
+              parse: Callable[[str], LspciDump] = parse_lspci,
+              parse_bytes: Callable[[bytes], LspciDump] | None = None) -> NodeFacts:
     """Read and parse one node. ``extras`` also keeps the bundle's other small text files by name;
-    ``parse`` replaces :func:`parse_lspci` (the doctor's drops per-node noise first)."""
-    dump = parse(read_text(source.lspci))
+    ``parse`` replaces :func:`parse_lspci` (the doctor's drops per-node noise first); ``parse_bytes``, when
+    given, is handed the raw bytes of the lspci file instead (it decodes only what it needs)."""
+    raw = read_bytes(source.lspci)
+    dump = parse(raw.decode("utf-8", errors="replace")) if parse_bytes is None else parse_bytes(raw)
     cmdline: str | None = None
     extra: dict[str, str] = {}
     if source.bundle:

@@ -5,23 +5,26 @@ parses and judges one node and returns a compact :class:`NodeResult`: worker-loc
 rule findings (as node-less templates) and of its devices' signatures; each distinct template, device
 signature and node signature travels to the parent once per worker. Most nodes of a fleet are
 identical: per-node noise (IRQs, MSI and BAR addresses, serials) is dropped before parsing
-(:func:`quiet_parse`), so identical nodes print identical blocks, the parser's block memo hits, and a
-worker memoises a whole node's judgement on the identity of its parsed blocks plus its command line.
-An identical node then costs a file read, a block split and dict hits. The parent keeps one interned
-signature per distinct node and diffs those with node counts (:mod:`trainfleet.health.diff`).
+(:mod:`trainfleet.health.blockwalk`), so identical nodes give the same parsed block objects, and a worker
+memoises a whole node's judgement on the identity of its parsed blocks plus its command line. A node like
+the last one then costs a file read, one ``startswith`` per block (a few more, and a regex on the changed
+lines, for a block with another serial number) and dict hits. The parent judges the first node itself
+before forking, so the workers start with its blocks parsed; it keeps one interned signature per distinct
+node and diffs those with node counts (:mod:`trainfleet.health.diff`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import multiprocessing
 import os
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainfleet.health.blockwalk import BLOCKS_MAX, COLUMN0, HEADER, BlockWalker, quiet_block, quiet_text
 from trainfleet.health.bundle import NodeSource, iter_sources, load_node
 from trainfleet.health.diff import diff_fleet
 from trainfleet.health.lspci import parse_block, parse_lspci
@@ -31,20 +34,10 @@ from trainfleet.health.signature import DevSig, NodeSig, node_signature
 from trainfleet.health.topology import build_topology
 
 INLINE_MAX_NODES = 24  # below this, starting worker processes costs more than it saves
-CHUNKSIZE = 16
+CHUNKSIZE = 64
 _MEMO_MAX = 256
-_BLOCKS_MAX = 4096
-_HEADER = re.compile(r"(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7] ")
-_COLUMN0 = re.compile(r"\n[^ \t\n]")  # a second column-0 line: not one simple block
-# What differs per node and no rule or signature reads: interrupt numbers, MSI addresses, VPD fields
-# (serial numbers, UUIDs), device serial numbers, BAR and bridge-window addresses (sizes are kept). Taking it
-# out before parsing makes identical nodes print identical blocks, so the parser's block memo and the
-# node memo below hit even when serials or the BIOS's address allocation differ.
-# Each pattern starts with a literal, so the regex engine skips ahead fast (most blocks are quieted once).
-_NOISE_LINES = re.compile(
-    r"\n[ \t]+(?:Interrupt:|Address:|\[|Capabilities: \[[0-9a-f]+ v\d+\] Device Serial Number)[^\n]*")
-_AT_ADDRESS = re.compile(r" at [0-9a-f]{4,}")  # Region / I/O ports / Expansion ROM "at <address>"
-_WINDOW = re.compile(r"bridge: [0-9a-f]{4,}-[0-9a-f]+")  # "Memory behind bridge: <start>-<end>"
+_FINDING_FIELDS = tuple(f.name for f in dataclasses.fields(Finding))
+_quiet = quiet_block
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +77,7 @@ class _WorkerState:
         self.sig_ids: dict[tuple[int, ...], int] = {}
         self.memo: dict[tuple[object, ...], tuple[tuple[PciDevice, ...], tuple[int, ...], int]] = {}
         self.blocks: dict[str, tuple[PciDevice, str]] = {}  # raw block -> (parsed quiet block, its bdf)
+        self.walker = BlockWalker()  # the byte-level path (quiet_parse_bytes)
 
 
 _STATE = _WorkerState()
@@ -95,14 +89,22 @@ def _reset_state() -> None:
     _STATE = _WorkerState()
 
 
-def _quiet(chunk: str) -> str:
-    quiet = _AT_ADDRESS.sub(" at 0", _NOISE_LINES.sub("", chunk))
-    return _WINDOW.sub("bridge: 0-0", quiet)
+def _fork_state() -> None:
+    """A new worker's state: fresh ids and node memo (ids must be new to the parent), but the parse caches
+    it inherited from the parent, which judged the first node before forking, kept."""
+    global _STATE
+    parent, _STATE = _STATE, _WorkerState()
+    _STATE.blocks, _STATE.walker = parent.blocks, parent.walker
 
 
-def quiet_text(text: str) -> str:
-    """``text`` without per-node noise (see ``_NOISE_LINES``, ``_AT_ADDRESS``, ``_WINDOW``)."""
-    return "\n\n".join(_quiet(chunk) for chunk in text.split("\n\n"))
+def quiet_parse_bytes(data: bytes) -> LspciDump:
+    """``quiet_parse(data.decode("utf-8", errors="replace"))``, without decoding, splitting or hashing the
+    blocks the last node already had (see :class:`BlockWalker`)."""
+    if b"\r" not in data:
+        walked = _STATE.walker.walk(data)
+        if walked is not None and walked[0]:
+            return _dump(*walked)
+    return parse_lspci(quiet_text(data.decode("utf-8", errors="replace")))
 
 
 def quiet_parse(text: str) -> LspciDump:
@@ -111,7 +113,7 @@ def quiet_parse(text: str) -> LspciDump:
     one is quieted and handed to the parser's memoised :func:`parse_block`. Anything else (CRLF, garbage
     between blocks, odd indentation, no device) goes through :func:`parse_lspci` unchanged."""
     cache = _STATE.blocks
-    if len(cache) >= _BLOCKS_MAX:
+    if len(cache) >= BLOCKS_MAX:
         cache.clear()
     devices: list[PciDevice] = []
     bdfs: list[str] = []
@@ -121,7 +123,7 @@ def quiet_parse(text: str) -> LspciDump:
             body = chunk.strip("\n")
             if not body.strip():
                 continue
-            if _HEADER.match(body) is None or _COLUMN0.search(body) is not None:
+            if HEADER.match(body) is None or COLUMN0.search(body) is not None:
                 break
             dev = parse_block(_quiet(body).rstrip())
             hit = cache[chunk] = (dev, dev.bdf)
@@ -173,7 +175,7 @@ def _judge_fresh(node: NodeFacts) -> tuple[tuple[int, ...], list[tuple[int, Find
 
 def judge_node(source: NodeSource) -> NodeResult:
     """Read, parse and judge one node (rules + signature). Raises UnreadableInput for an unreadable file."""
-    node = load_node(source, parse=quiet_parse)
+    node = load_node(source, parse_bytes=quiet_parse_bytes)
     devices = tuple(node.lspci.devices)
     # Identical blocks parse to one shared object (parser memo); the memo entry keeps ``devices`` alive,
     # so the ids in its key cannot be reused while it exists.
@@ -199,9 +201,14 @@ def _results(sources: Iterable[NodeSource], workers: int) -> Iterator[NodeResult
     if workers <= 1:
         yield from map(judge_node, sources)
         return
+    rest = iter(sources)
+    first = next(rest, None)
+    if first is None:
+        return
+    yield judge_node(first)  # here, so that the workers start with its blocks parsed
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_reset_state) as pool:
-        yield from pool.imap(judge_node, sources, chunksize=CHUNKSIZE)
+    with ctx.Pool(workers, initializer=_fork_state) as pool:
+        yield from pool.imap(judge_node, rest, chunksize=CHUNKSIZE)
 
 
 def _peek(sources: Iterator[NodeSource], n: int) -> tuple[list[NodeSource], Iterator[NodeSource]]:
@@ -222,26 +229,30 @@ def run_doctor(paths: Sequence[str], *, workers: int | None = None) -> DoctorRes
         workers = 1 if len(head) <= INLINE_MAX_NODES else min(2, os.cpu_count() or 1)
     stream: Iterable[NodeSource] = head if len(head) <= INLINE_MAX_NODES else _chain(head, rest)
 
-    templates: dict[tuple[int, int], Finding] = {}
+    templates: dict[tuple[int, int], tuple[Any, ...]] = {}  # (worker, id) -> a finding's fields but node
     devsigs: dict[tuple[int, int], DevSig] = {}
     interned_dev: dict[DevSig, DevSig] = {}
+    nodes_by_sig: dict[tuple[int, int], list[int]] = defaultdict(list)  # (worker, sig id) -> node indexes
     sigs: dict[tuple[int, int], NodeSig] = {}
-    interned_sig: dict[NodeSig, NodeSig] = {}
-    members: dict[NodeSig, list[str]] = defaultdict(list)
     result = DoctorResult(nodes=0)
-    for res in _results(stream, workers):
+    findings, node_names = result.findings, result.node_names
+    for index, res in enumerate(_results(stream, workers)):
+        worker = res.worker
         for i, finding in res.new_findings:
-            templates[(res.worker, i)] = finding
+            templates[(worker, i)] = tuple(getattr(finding, name) for name in _FINDING_FIELDS[1:])
         for i, dev in res.new_devsigs:
-            devsigs[(res.worker, i)] = interned_dev.setdefault(dev, dev)
+            devsigs[(worker, i)] = interned_dev.setdefault(dev, dev)
         if res.new_sig is not None:
-            sig = tuple(devsigs[(res.worker, i)] for i in res.new_sig)
-            sigs[(res.worker, res.sig_id)] = interned_sig.setdefault(sig, sig)
-        members[sigs[(res.worker, res.sig_id)]].append(res.name)
-        result.findings.extend(dataclasses.replace(templates[(res.worker, i)], node=res.name)
-                               for i in res.finding_ids)
-        result.node_names.append(res.name)
-        result.nodes += 1
+            sigs[(worker, res.sig_id)] = tuple(devsigs[(worker, i)] for i in res.new_sig)
+        nodes_by_sig[(worker, res.sig_id)].append(index)  # not keyed on the signature: hashing it is slow
+        for i in res.finding_ids:
+            findings.append(Finding(res.name, *templates[(worker, i)]))  # node is Finding's first field
+        node_names.append(res.name)
+    result.nodes = len(node_names)
+    merged: dict[NodeSig, list[list[int]]] = defaultdict(list)  # a signature two workers both saw: once
+    for key, indexes in nodes_by_sig.items():
+        merged[sigs[key]].append(indexes)
+    members = {sig: [node_names[i] for i in heapq.merge(*lists)] for sig, lists in merged.items()}
     result.distinct_signatures = len(members)
     result.findings.extend(diff_fleet(list(members.items())))
     return result

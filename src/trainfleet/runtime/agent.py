@@ -5,6 +5,8 @@ rank environment (``runtime.env``), each in its own session/process group, reads
 into timestamped per-rank files, receives ``trainfleet.report`` datagrams, and talks to its supervisor over
 one TCP connection (``runtime.protocol``): ``Hello``, ``RankStarted``/``RankExited`` with pid, exit code or
 signal and times, and a ``Heartbeat`` every ``--heartbeat-interval-s`` with each rank's latest step.
+Asked to (``DumpStacks``), it writes each rank's Python stacks (``runtime.stackdump``: py-spy, or the
+faulthandler hook it puts on every rank's ``PYTHONPATH``) and answers ``StacksDumped``.
 
 It stops its ranks (SIGTERM to each process group, SIGKILL after ``--grace-s``) when told to (``Stop``),
 on SIGTERM/SIGINT/SIGHUP, or when the supervisor connection is lost. Rank leaders get PR_SET_PDEATHSIG
@@ -28,6 +30,7 @@ from trainfleet.runtime.env import Placement, rank_env, rank_log_paths
 from trainfleet.runtime.logpipe import PipeLog, utc_stamp
 from trainfleet.runtime.protocol import (
     AgentDone,
+    DumpStacks,
     Heartbeat,
     Hello,
     LineBuffer,
@@ -36,11 +39,13 @@ from trainfleet.runtime.protocol import (
     ProtocolError,
     RankExited,
     RankStarted,
+    StacksDumped,
     Stop,
     encode,
     parse_addr,
 )
 from trainfleet.runtime.report import decode_report
+from trainfleet.runtime.stackdump import RankTarget, dump_ranks, stack_env
 
 _MAX_ROWS_PER_RANK = 256  # per heartbeat; older rows of a flood are dropped, the newest always kept
 _DRAIN_S = 2.0  # after the last rank is gone, how long to wait for its pipes to reach EOF
@@ -56,6 +61,7 @@ class RankProc:
     popen: subprocess.Popen | None
     logs: list[PipeLog] = field(default_factory=list)
     exited: RankExited | None = None
+    stack_file: str = ""
 
 
 class Agent:
@@ -112,6 +118,7 @@ class Agent:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.signal_groups(signal.SIGTERM)
+            self.signal_groups(signal.SIGCONT)  # a stopped (SIGSTOP) rank must run to see the SIGTERM
             self.kill_at = time.monotonic() + self.grace_s
 
     # ---- ranks --------------------------------------------------------------------------------------
@@ -126,6 +133,8 @@ class Agent:
             out_path, err_path = rank_log_paths(self.p.run_dir, self.p.attempt, self.p.node_rank, rank)
             os.makedirs(os.path.dirname(out_path), exist_ok=True)
             env = rank_env(base, self.p, local_rank, report_addr=udp_addr)
+            stack_file = out_path.removesuffix(".out") + ".stacks"
+            env.update(stack_env(stack_file, env.get("PYTHONPATH")))
             started = time.time()
             try:
                 popen = subprocess.Popen(
@@ -141,7 +150,7 @@ class Agent:
                 self.send(RankStarted(self.p.node_rank, rank, local_rank, 0, started, out_path, err_path))
                 self.finish_rank(proc, exit_code=127, sig=None)
                 continue
-            proc = RankProc(rank, local_rank, popen.pid, popen)
+            proc = RankProc(rank, local_rank, popen.pid, popen, stack_file=stack_file)
             for pipe, path in ((popen.stdout, out_path), (popen.stderr, err_path)):
                 log = PipeLog(os.dup(pipe.fileno()), path)  # type: ignore[union-attr]
                 pipe.close()  # type: ignore[union-attr]
@@ -238,6 +247,15 @@ class Agent:
         for msg in messages:
             if isinstance(msg, Stop):
                 self.request_stop(msg.reason)
+            elif isinstance(msg, DumpStacks):
+                self.dump_stacks(msg.directory)
+
+    def dump_stacks(self, directory: str) -> None:
+        """Write every live rank's stacks (``runtime.stackdump``) and tell the supervisor where."""
+        targets = [RankTarget(p.rank, p.pid, p.stack_file) for p in self.ranks.values()
+                   if p.exited is None and p.pid > 0]
+        files, states, tool = dump_ranks(targets, directory, self.p.node_rank)
+        self.send(StacksDumped(self.p.node_rank, files, states, tool))
 
     # ---- main loop ----------------------------------------------------------------------------------
     def run(self) -> int:

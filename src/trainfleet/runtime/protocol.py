@@ -2,7 +2,9 @@
 
 Agent -> supervisor: ``Hello`` (once, first), ``RankStarted``, ``RankExited``, ``Heartbeat`` (every
 ``heartbeat_interval_s``, carrying each rank's latest step and the progress rows reported since the last
-one), ``AgentDone`` (every rank has exited; last message). Supervisor -> agent: ``Stop``. A client such as
+one), ``AgentDone`` (every rank has exited; last message), ``StacksDumped`` (answer to ``DumpStacks``).
+Supervisor -> agent: ``Stop``, ``DumpStacks`` (write every rank's Python stacks before a teardown).
+A client such as
 ``trainfleet cancel`` -> supervisor: ``CancelRequest``.
 
 The supervisor decides only from these messages (and from the connection closing), never from log text.
@@ -95,13 +97,32 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class DumpStacks:
+    """Supervisor asks the agent to write each rank's Python stacks into ``directory`` (one file per rank)."""
+
+    reason: str
+    directory: str
+
+
+@dataclass(frozen=True)
+class StacksDumped:
+    """The agent's answer: rank -> stack file, rank -> process state letter (``T`` = stopped), the tool."""
+
+    node_rank: int
+    files: dict[int, str] = field(default_factory=dict)
+    states: dict[int, str] = field(default_factory=dict)
+    tool: str = ""
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     """A client asks the supervisor to cancel the job."""
 
     reason: str = "cancelled by user"
 
 
-Message = Hello | RankStarted | RankExited | Heartbeat | AgentDone | Stop | CancelRequest
+Message = (Hello | RankStarted | RankExited | Heartbeat | AgentDone | Stop | DumpStacks | StacksDumped
+           | CancelRequest)
 
 _TYPES: dict[str, type] = {
     "hello": Hello,
@@ -110,6 +131,8 @@ _TYPES: dict[str, type] = {
     "heartbeat": Heartbeat,
     "agent_done": AgentDone,
     "stop": Stop,
+    "dump_stacks": DumpStacks,
+    "stacks_dumped": StacksDumped,
     "cancel": CancelRequest,
 }
 _TAGS: dict[type, str] = {cls: tag for tag, cls in _TYPES.items()}
@@ -134,6 +157,9 @@ def decode(line: bytes | str) -> Message:
         if cls is Heartbeat:
             body["steps"] = {int(k): int(v) for k, v in body.get("steps", {}).items()}
             body["rows"] = [ProgressRow(**row) for row in body.get("rows", [])]
+        elif cls is StacksDumped:
+            body["files"] = {int(k): str(v) for k, v in body.get("files", {}).items()}
+            body["states"] = {int(k): str(v) for k, v in body.get("states", {}).items()}
         return cls(**body)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"bad message: {exc}") from None

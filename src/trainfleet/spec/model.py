@@ -18,6 +18,7 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Strict: YAML's `yes`/`true` must not silently become 1 node.
 Count = Annotated[int, Field(strict=True)]
 Seconds = Annotated[float, Field(strict=True)]
+Rate = Annotated[float, Field(strict=True)]
 
 
 class RestartPolicy(BaseModel):
@@ -27,6 +28,35 @@ class RestartPolicy(BaseModel):
 
     max_restarts: Count = Field(0, ge=0, description="Restarts allowed after the first attempt fails.")
     backoff_s: Seconds = Field(1.0, ge=0, description="Seconds to wait before starting the next attempt.")
+
+
+class AllreduceGate(BaseModel):
+    """The all-reduce a node set must pass before launch: busbw at ``size`` >= ``min_busbw_gbps``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_busbw_gbps: Rate = Field(gt=0, description="Lowest acceptable all-reduce bus bandwidth, GB/s.")
+    size: str = Field("16M", description="Message size measured (binary units: 1M, 64M, 1G).")
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9]+\s*[KMGkmg]?(?:i?B)?", value.strip()):
+            raise ValueError(f"cannot read {value!r} as a size (examples: 1M, 64M, 1G)")
+        return value.strip()
+
+
+class Preflight(BaseModel):
+    """Checks of the chosen nodes before launch: nodes that fail are excluded, spares take their place."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    doctor: bool = Field(False, description="Judge each node's captured bundle with the fleet doctor.")
+    doctor_fail_on: Literal["error", "warning"] = Field(
+        "error", description="Doctor findings of this severity or worse exclude a node.")
+    allreduce: AllreduceGate | None = Field(None, description="All-reduce bandwidth gate (probe, bisection).")
+    timeout_s: Seconds = Field(300.0, gt=0, description="Seconds the whole preflight may take.")
+    before_restart: bool = Field(False, description="Run the preflight again before every restart.")
 
 
 class JobSpec(BaseModel):
@@ -59,6 +89,7 @@ class JobSpec(BaseModel):
     spare_nodes: Count = Field(0, ge=0, description="Extra nodes that can replace a node blamed for failure.")
     heartbeat_interval_s: Seconds = Field(1.0, gt=0, description="Agent heartbeat period.")
     grace_s: Seconds = Field(5.0, ge=0, description="Seconds from SIGTERM to SIGKILL when stopping ranks.")
+    preflight: Preflight | None = Field(None, description="Node checks before launch (and restarts).")
 
     @field_validator("command", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from trainfleet.spec.model import JobSpec
 from trainfleet.spec.state import JobState
 from trainfleet.store import schema as t
 from trainfleet.store.db import run_read, run_write, trainfleet_home
+from trainfleet.store.nodes import NodeHistory
 from trainfleet.store.records import AttemptRecord, EventRecord, JobRecord, MetricRow, RankRecord
 
 MIN_PREFIX = 4
@@ -31,12 +32,12 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-class Store:
+class Store(NodeHistory):
     """The job database. Open with ``trainfleet.store.open_store``; close with ``close()`` or ``with``.
 
     Promises: records come back as frozen dataclasses with ``JobState`` states; timestamps are float epoch
     seconds; a missing or ambiguous job id raises ``JobNotFound`` (``AmbiguousJobId``); any other database
-    failure raises ``StoreError``.
+    failure raises ``StoreError``. Node history (suspect / quarantined nodes) comes from ``NodeHistory``.
     """
 
     def __init__(self, engine: Engine) -> None:

@@ -120,8 +120,55 @@ def _v1_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v2_node_history(conn: Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "nodes", md,
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("blames", sa.Integer, nullable=False),
+        sa.Column("last_reason", sa.Text),
+        sa.Column("last_job_id", sa.String(32)),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    )
+    sa.Table(
+        "node_events", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("node", sa.String(255), nullable=False),
+        sa.Column("ts", sa.Float, nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("job_id", sa.String(32)),
+        sa.Column("attempt", sa.Integer),
+        sa.Column("reason", sa.Text),
+        sa.Index("ix_node_events_node", "node", "id"),
+    )
+    md.create_all(conn)
+
+
+def _v3_probe_results(conn: Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "probe_results", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("job_id", sa.String(32), nullable=False),
+        sa.Column("ts", sa.Float, nullable=False),
+        sa.Column("probe", sa.String(32), nullable=False),
+        sa.Column("backend", sa.String(32), nullable=False),
+        sa.Column("node", sa.String(255), nullable=False),
+        sa.Column("metric", sa.String(64), nullable=False),
+        sa.Column("value", sa.Float, nullable=False),
+        sa.Column("verdict", sa.String(16), nullable=False),
+        sa.Column("data", sa.JSON, nullable=False),
+        sa.Index("ix_probe_results_node", "node", "metric", "ts"),
+        sa.Index("ix_probe_results_job", "job_id"),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, attempts, ranks, events, metrics", _v1_initial),
+    Migration(2, "nodes and node_events: failure history, suspect and quarantined nodes", _v2_node_history),
+    Migration(3, "probe_results: per-node probe measurements, for node history", _v3_probe_results),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -101,3 +101,46 @@ metrics = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
     sa.Index("ix_metrics_job_attempt_rank_step", "job_id", "attempt", "rank", "step"),
 )
+
+# --- migration 2: node history (suspect / quarantined nodes across jobs) -------------------------------
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # healthy | suspect | quarantined
+    sa.Column("blames", sa.Integer, nullable=False),
+    sa.Column("last_reason", sa.Text),
+    sa.Column("last_job_id", sa.String(32)),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+node_events = sa.Table(
+    "node_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("node", sa.String(255), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # blamed | quarantined | released
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("reason", sa.Text),
+    sa.Index("ix_node_events_node", "node", "id"),
+)
+
+# --- migration 3: probe results per node per run (health/probes/store.py) ----------------------------------
+probe_results = sa.Table(
+    "probe_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("probe", sa.String(32), nullable=False),  # allreduce | pairs | compute | bisect | preflight
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("node", sa.String(255), nullable=False),
+    sa.Column("metric", sa.String(64), nullable=False),  # judge.METRICS
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),  # ok | slow
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Index("ix_probe_results_node", "node", "metric", "ts"),
+    sa.Index("ix_probe_results_job", "job_id"),
+)

@@ -5,6 +5,7 @@ Plain JSON types only (str, int, float, None, lists, dicts with string keys), on
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -43,14 +44,20 @@ def job_status(store: Store, job_id: str, *, now: float | None = None) -> dict[s
 
     Keys: id, name, state, reason, restarts, run_dir, attempts (oldest first), attempt (latest number or
     None), ranks (of the latest attempt), latest ({rank: {step, ts, loss, ...}}), events (the last 50),
-    spec, supervisor, and the
-    fields of ``job_summary``. Raises ``JobNotFound``.
+    spec, supervisor, the fields of ``job_summary``, and the failure story: goodput ({ratio, productive_s,
+    lost_s: {detection, teardown, restart, recompute}, ...}), story (one line per attempt), stacks (the
+    newest stack dump: directory, files, odd_ranks; None without one). Raises ``JobNotFound``.
     """
+    from trainfleet.supervise.goodput import compute as compute_goodput
+    from trainfleet.supervise.story import attempt_story, newest_stacks
+
     job = store.get_job(job_id)
     latest = store.latest_metrics(job.id)
     attempts = store.attempts(job.id)
     ranks = store.ranks(job.id)
-    events = store.events(job.id)[-RECENT_EVENTS:]
+    all_events = store.events(job.id)
+    events = all_events[-RECENT_EVENTS:]
+    now = time.time() if now is None else now
     doc = job_summary(job, latest, now=now)
     doc.update({
         "run_dir": job.run_dir,
@@ -58,9 +65,14 @@ def job_status(store: Store, job_id: str, *, now: float | None = None) -> dict[s
         "attempts": [_attempt_dict(a) for a in attempts],
         "ranks": [_rank_dict(r) for r in ranks],
         "latest": {str(rank): _metric_dict(row) for rank, row in sorted(latest.items())},
-        "supervisor": {"pid": job.supervisor_pid, "addr": job.supervisor_addr},
+        "supervisor": {"pid": job.supervisor_pid, "addr": job.supervisor_addr,
+                       "alive": None if job.state.is_terminal else _alive(job.supervisor_pid)},
         "events": [_event_dict(e) for e in events],
         "spec": job.spec,
+        "goodput": compute_goodput(all_events, started_at=job.started_at, ended_at=job.ended_at,
+                                   now=now).to_dict(),
+        "story": attempt_story(attempts, all_events),
+        "stacks": newest_stacks(all_events),
     })
     return doc
 
@@ -73,6 +85,20 @@ def progress(latest: dict[int, MetricRow]) -> tuple[int | None, float | None]:
     first = latest[min(latest)]
     loss = first.values.get("loss")
     return step, (float(loss) if isinstance(loss, int | float) else None)
+
+
+def _alive(pid: int | None) -> bool | None:
+    """Whether the supervisor process still runs on this host (None: no pid recorded yet)."""
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except ProcessLookupError:
+        return False
+    except (OSError, IndexError):
+        return True
 
 
 def _attempt_dict(a: Any) -> dict[str, Any]:

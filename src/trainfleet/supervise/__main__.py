@@ -1,5 +1,7 @@
 """Daemon entry: ``python -m trainfleet.supervise --job JOB_ID`` supervises one pending job to its end.
 
+``--resume-attempt N`` starts at attempt N (``trainfleet resume`` prepares the job first).
+
 Started by ``trainfleet run --detach`` in its own session; SIGTERM/SIGINT/SIGHUP cancel the job cleanly.
 Exit status: 0 when the job succeeded, 1 otherwise, 2 when the job cannot be supervised.
 """
@@ -14,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     """Supervise the job named by ``--job``; see module doc for exit statuses."""
     ap = argparse.ArgumentParser(prog="python -m trainfleet.supervise")
     ap.add_argument("--job", required=True, help="id of a pending job in the store")
+    ap.add_argument("--resume-attempt", type=int, default=0, help="first attempt number (after a resume)")
     args = ap.parse_args(argv)
 
     from trainfleet import service
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"trainfleet supervisor: job {record.id} is {record.state}, not pending",
                       file=sys.stderr)
                 return 2
-            state = service.supervise(record.id, store)
+            state = service.supervise(record.id, store, first_attempt=args.resume_attempt)
     except TrainfleetError as exc:
         print(f"trainfleet supervisor: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,9 +1,12 @@
 """One attempt as the supervisor sees it: the agents' connections, their messages, teardown, the outcome.
 
 ``AttemptWatch.run`` owns the ``select`` loop while an attempt lives. It turns typed agent messages into
-store rows and, on the first failed rank or lost agent, records the cause as an event and tells every agent
-to stop; when the loop ends (all nodes done, or the teardown deadline passed) the backend sweeps whatever is
-left, so no process of the attempt outlives it.
+store rows and typed detections (``supervise.monitor``): a crashed rank, a lost or silent agent (no
+heartbeat for 3 intervals), a hung rank (no progress for ``hang_timeout_s``; every rank's stacks are dumped
+first and the odd one out is blamed) and stragglers (an event only). On the first failure it records the
+cause with its node, blames that node, and tells every agent to stop; when the loop ends (all nodes done, or
+the teardown deadline passed) the backend sweeps whatever is left, so no process of the attempt outlives it.
+It also records when a restarted attempt resumed (``resumed``) and caught up (``caught_up``) for goodput.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from trainfleet.backends.base import JobHandle
 from trainfleet.runtime.protocol import (
     AgentDone,
     CancelRequest,
+    DumpStacks,
     Heartbeat,
     Hello,
     LineBuffer,
@@ -25,18 +29,33 @@ from trainfleet.runtime.protocol import (
     ProtocolError,
     RankExited,
     RankStarted,
+    StacksDumped,
     Stop,
     encode,
 )
 from trainfleet.spec import JobState
 from trainfleet.store import MetricRow
+from trainfleet.supervise.monitor import (
+    AgentLost,
+    Failure,
+    HeartbeatMonitor,
+    ProgressMonitor,
+    RankCrashed,
+    RankHung,
+)
 from trainfleet.supervise.policy import Outcome
+from trainfleet.supervise.stacks import blame_hang
 
 if TYPE_CHECKING:
     from trainfleet.supervise.supervisor import Supervisor
 
 AGENT_CONNECT_TIMEOUT_S = 60.0  # an agent that has not said hello by then failed to start
 TEARDOWN_EXTRA_S = 3.0  # beyond the agents' grace, before the backend kills what is left
+# A connected agent silent this many intervals after its last heartbeat is lost: with the 0.2 s loop that is
+# within 3 intervals of the moment it stopped.
+HEARTBEAT_MISSES = 2.5
+STACK_DUMP_WAIT_S = 10.0  # how long a hang waits for the agents' stack dumps before tearing down
+STRAGGLER_CHECK_S = 1.0
 
 
 class Conn:
@@ -50,7 +69,7 @@ class Conn:
 
 
 class AttemptWatch:
-    """The select loop of one attempt: agent connections, their messages, teardown, outcome."""
+    """The select loop of one attempt: agent connections, their messages, detections, teardown, outcome."""
 
     def __init__(self, sup: Supervisor, attempt: int, handle: JobHandle) -> None:
         self.sup = sup
@@ -61,12 +80,21 @@ class AttemptWatch:
         self.hello: set[int] = set()
         self.finished_nodes: set[int] = set()
         self.exits: dict[int, RankExited] = {}
-        self.last_heartbeat: dict[int, float] = {}  # node -> monotonic time (for node-loss detection)
+        self.heartbeats = HeartbeatMonitor(self.spec.heartbeat_interval_s, HEARTBEAT_MISSES)
+        self.progress = ProgressMonitor(self.spec.hang_timeout_s, straggler_factor=sup.straggler_factor,
+                                        window=sup.straggler_window)
         self.cause: str | None = None
         self.teardown_deadline: float | None = None
         self.t0 = time.monotonic()
+        self.max_step: int | None = None
+        self.first_report_ts: float | None = None
+        self.resumed_step: int | None = None
+        self.caught_up = False
+        self.dump: _StackDump | None = None
+        self._next_straggler_check = self.t0
 
     def run(self) -> tuple[Outcome, str | None]:
+        """Watch the attempt until every node is done or the teardown deadline passes; return its outcome."""
         sup = self.sup
         try:
             while True:
@@ -81,6 +109,7 @@ class AttemptWatch:
                     sup.store.add_event(sup.job_id, "cancel", sup.cancel_reason, attempt=self.attempt)
                     self._teardown()
                 self._check_agents()
+                self._check_progress()
                 sup.flush_metrics()
                 sup.observe()
                 if len(self.finished_nodes) == self.spec.nodes:
@@ -157,27 +186,28 @@ class AttemptWatch:
     # ---- messages -------------------------------------------------------------------------------------
     def _handle(self, conn: Conn, msg: Message) -> None:
         sup, job, att = self.sup, self.sup.job_id, self.attempt
+        if conn.node is not None and conn.node not in self.finished_nodes:
+            self.heartbeats.beat(conn.node, time.monotonic())  # any message proves the agent alive
         if isinstance(msg, Hello):
             conn.node = msg.node_rank
             self.hello.add(msg.node_rank)
+            self.heartbeats.beat(msg.node_rank, time.monotonic())
             if self.teardown_deadline is not None:
                 self._send(conn, Stop(self.cause or sup.cancel_reason or "stopping"))
         elif isinstance(msg, RankStarted):
             sup.view.ranks[msg.rank].state = JobState.RUNNING
+            self.progress.started(msg.rank, msg.node_rank)
             sup.store.upsert_rank(job, att, msg.rank, node_rank=msg.node_rank, local_rank=msg.local_rank,
-                                  host=socket.gethostname(), pid=msg.pid or None, state=JobState.RUNNING,
-                                  started_at=msg.started_at, log_out=msg.log_out, log_err=msg.log_err)
+                                  host=sup.node_name(msg.node_rank), pid=msg.pid or None,
+                                  state=JobState.RUNNING, started_at=msg.started_at, log_out=msg.log_out,
+                                  log_err=msg.log_err)
         elif isinstance(msg, RankExited):
             self._rank_exited(msg)
         elif isinstance(msg, Heartbeat):
-            self.last_heartbeat[msg.node_rank] = time.monotonic()
-            for row in msg.rows:
-                view = sup.view.ranks.get(row.rank)
-                step = row.step if row.step is not None else (view.step if view else None)
-                if view is not None:
-                    view.step, view.values = step, {**view.values, **row.values}
-                if step is not None:
-                    sup.pending_metrics.append(MetricRow(row.rank, step, row.ts, row.values))
+            self._heartbeat(msg)
+        elif isinstance(msg, StacksDumped):
+            if self.dump is not None:
+                self.dump.answers[msg.node_rank] = msg
         elif isinstance(msg, AgentDone):
             conn.done = True
             self._node_finished(msg.node_rank, lost=False)
@@ -185,10 +215,56 @@ class AttemptWatch:
             sup.request_cancel(msg.reason)
             self._close(conn)
 
+    def _heartbeat(self, msg: Heartbeat) -> None:
+        sup, now = self.sup, time.monotonic()
+        for row in msg.rows:
+            view = sup.view.ranks.get(row.rank)
+            step = row.step if row.step is not None else (view.step if view else None)
+            if view is not None:
+                view.step, view.values = step, {**view.values, **row.values}
+            if step is None:
+                continue
+            sup.pending_metrics.append(MetricRow(row.rank, step, row.ts, row.values))
+            self.progress.progress(row.rank, row.step, row.ts, row.values, now)
+            if row.step is not None:
+                self._track_resume(row.step, row.ts, row.values)
+
+    def _track_resume(self, step: int, ts: float, values: dict[str, float]) -> None:
+        """Record where a restarted attempt resumed from and when it is back where the failure left it."""
+        self.max_step = step if self.max_step is None else max(self.max_step, step)
+        lost = self.sup.lost_step
+        if self.first_report_ts is None:
+            self.first_report_ts = ts
+            # The GPT demo (and the fixtures) report the checkpoint step before training (no loss then).
+            self.resumed_step = step if "loss" not in values else step - 1
+            if lost is not None and lost < self.resumed_step:  # progress not yet recorded when it was lost
+                lost = self.sup.lost_step = self.resumed_step
+            if self.attempt > 0:
+                recomputed = max(0, lost - self.resumed_step) if lost is not None else 0
+                self.sup.store.add_event(
+                    self.sup.job_id, "resumed",
+                    f"attempt {self.attempt} resumed from step {self.resumed_step} "
+                    f"({recomputed} steps to redo)",
+                    attempt=self.attempt, data={"resumed_step": self.resumed_step, "lost_step": lost,
+                                                "recomputed_steps": recomputed, "first_report_ts": ts})
+        if (not self.caught_up and self.attempt > 0 and lost is not None and self.resumed_step is not None
+                and self.resumed_step < lost <= step):
+            self.caught_up = True
+            self.sup.store.add_event(self.sup.job_id, "caught_up",
+                                     f"back at step {lost} after {ts - self.first_report_ts:.1f}s "
+                                     "of recompute",
+                                     attempt=self.attempt,
+                                     data={"step": lost, "recompute_s": ts - self.first_report_ts})
+
     def _rank_exited(self, msg: RankExited) -> None:
         sup = self.sup
         self.exits[msg.rank] = msg
-        failing = not msg.ok and self.cause is None and not sup.cancel_reason
+        self.progress.exited(msg.rank)
+        if msg.ok:
+            self.progress.paused = True  # the job is finishing: waiting for the others is not a hang
+        # While stacks are being dumped for a hang, an exit (e.g. SIGUSR1 to a rank without the hook) is part
+        # of the dump, not a new cause: the hang verdict follows.
+        failing = not msg.ok and self.cause is None and not sup.cancel_reason and self.dump is None
         if msg.ok:
             state = JobState.SUCCEEDED
         elif failing or self.teardown_deadline is None:
@@ -201,37 +277,108 @@ class AttemptWatch:
                               local_rank=msg.rank % self.spec.procs_per_node, state=state,
                               exit_code=msg.exit_code, signal=msg.signal, ended_at=msg.ended_at)
         if failing:
-            self._fail(msg.describe(), kind="rank_failed", node=msg.node_rank, rank=msg.rank,
-                       data={"exit_code": msg.exit_code, "signal": msg.signal})
+            crash = RankCrashed(msg.node_rank, msg.rank, msg.exit_code, msg.signal, msg.ended_at)
+            self._fail(crash, fault_ts=msg.ended_at, data={"exit_code": msg.exit_code, "signal": msg.signal})
 
     def _node_finished(self, node: int, *, lost: bool) -> None:
         if node in self.finished_nodes:
             return
         self.finished_nodes.add(node)
-        if lost and self.teardown_deadline is None:
-            self._fail(f"node {node} agent lost (connection closed before its ranks finished)",
-                       kind="agent_lost", node=node)
+        self.heartbeats.forget(node)
+        if lost and self.teardown_deadline is None and self.cause is None:
+            self._fail(AgentLost(node, "connection closed before its ranks finished"), fault_ts=time.time())
 
+    # ---- detections -----------------------------------------------------------------------------------
     def _check_agents(self) -> None:
-        """Backstop: agents that died without a word, and agents that never came up."""
+        """Agents that died without a word, went silent, or never came up."""
         for node, status in self.sup.backend.exited(self.handle).items():
             if node not in self.finished_nodes and not any(c.node == node for c in self.conns.values()):
                 self.finished_nodes.add(node)
-                if self.teardown_deadline is None:
-                    self._fail(f"node {node} agent exited with status {status}", kind="agent_lost", node=node)
-        waited = time.monotonic() - self.t0
+                self.heartbeats.forget(node)
+                if self.teardown_deadline is None and self.cause is None:
+                    self._fail(AgentLost(node, f"agent exited with status {status}"), fault_ts=time.time())
+        now = time.monotonic()
+        if self.cause is None and self.teardown_deadline is None and self.dump is None:
+            for node, silent in self.heartbeats.silent(now):
+                self.heartbeats.forget(node)
+                self.finished_nodes.add(node)  # given up on: the backend's sweep stops it
+                lost = AgentLost(node, f"no heartbeat for {silent:.1f}s (deadline {HEARTBEAT_MISSES:g} x "
+                                       f"{self.spec.heartbeat_interval_s:g}s)", silent)
+                self._fail(lost, fault_ts=time.time() - silent,
+                           data={"silent_s": silent, "deadline_s": self.heartbeats.deadline_s})
+                break
+        waited = now - self.t0
         if waited > AGENT_CONNECT_TIMEOUT_S and len(self.hello) < self.spec.nodes and self.cause is None:
             missing = sorted(set(range(self.spec.nodes)) - self.hello)
-            self._fail(f"agents of nodes {missing} did not connect within {AGENT_CONNECT_TIMEOUT_S:g}s",
-                       kind="agent_lost")
+            self.cause = f"agents of nodes {missing} did not connect within {AGENT_CONNECT_TIMEOUT_S:g}s"
+            self.sup.store.add_event(self.sup.job_id, "agent_lost", self.cause, attempt=self.attempt)
+            self._teardown()
             self.finished_nodes.update(missing)
 
-    def _fail(self, cause: str, *, kind: str, node: int | None = None, rank: int | None = None,
+    def _check_progress(self) -> None:
+        if self.cause is not None or self.teardown_deadline is not None:
+            return
+        now = time.monotonic()
+        if self.dump is not None:
+            if len(self.dump.answers) >= len(self.dump.asked) or now >= self.dump.deadline:
+                self._hang_verdict()
+            return
+        hung = self.progress.hung(now)
+        if hung:
+            self._start_stack_dump(hung)
+            return
+        if now >= self._next_straggler_check:
+            self._next_straggler_check = now + STRAGGLER_CHECK_S
+            for slow in self.progress.stragglers():
+                data = {"step_time_s": slow.step_time_s, "median_s": slow.median_s, "ratio": slow.ratio,
+                        "factor": slow.factor, "window": slow.window, "host": self.sup.node_name(slow.node)}
+                self.sup.store.add_event(self.sup.job_id, "straggler",
+                                         f"{self.sup.node_name(slow.node)}: {slow.describe()}",
+                                         attempt=self.attempt, node=slow.node, rank=slow.rank, data=data)
+
+    def _start_stack_dump(self, hung: list) -> None:  # type: ignore[type-arg]
+        """A rank is past its hang timeout: ask every agent for its ranks' stacks before tearing down."""
+        directory = f"{self.sup.run_dir}/attempt-{self.attempt}/stacks"
+        self.dump = _StackDump(hung=hung, directory=directory, detected_ts=time.time(),
+                               deadline=time.monotonic() + STACK_DUMP_WAIT_S)
+        for conn in self.conns.values():
+            if conn.node is not None and conn.node not in self.finished_nodes:
+                self.dump.asked.add(conn.node)
+                self._send(conn, DumpStacks("hang", directory))
+
+    def _hang_verdict(self) -> None:
+        """Blame a hung rank: a stopped one, else the odd one out of the stacks, else the longest silent."""
+        dump = self.dump
+        assert dump is not None
+        files = {rank: path for answer in dump.answers.values() for rank, path in answer.files.items()}
+        silent = {rank: s for rank, _, s in dump.hung}
+        rank, why, stacks, odd = blame_hang(files, list(silent))
+        node = self.sup.view.ranks[rank].node_rank
+        silent_s = silent.get(rank, dump.hung[0][2])
+        hang = RankHung(node, rank, self.progress.last_step(rank), silent_s, self.spec.hang_timeout_s, why)
+        paths = {str(r): s.path for r, s in sorted(stacks.items())}
+        self.sup.store.add_event(self.sup.job_id, "stacks_dumped",
+                                 f"stacks of {len(stacks)} ranks in {dump.directory}; odd rank out: "
+                                 f"{', '.join(map(str, odd)) or 'none'}", attempt=self.attempt,
+                                 data={"directory": dump.directory, "files": paths, "odd_ranks": odd,
+                                       "tool": sorted({a.tool for a in dump.answers.values()})})
+        self._fail(hang, fault_ts=dump.detected_ts - silent_s, detected_ts=dump.detected_ts,
+                   data={"silent_s": silent_s, "stacks": dump.directory, "odd_ranks": odd})
+
+    def _fail(self, failure: Failure, *, fault_ts: float, detected_ts: float | None = None,
               data: dict | None = None) -> None:
-        self.cause = cause
-        self.sup.store.add_event(self.sup.job_id, kind, cause, attempt=self.attempt, node=node, rank=rank,
-                                 data=data)
+        """Record the failure (cause, node, timing), blame its node, and stop every agent."""
+        sup = self.sup
+        host = sup.node_name(failure.node)
+        self.cause = f"{failure.describe()} [{host}]"
+        rank = getattr(failure, "rank", None)
+        detected = time.time() if detected_ts is None else detected_ts
+        body = {**(data or {}), "host": host, "fault_ts": fault_ts, "detected_ts": detected,
+                "last_step": self.max_step}
+        sup.store.add_event(sup.job_id, failure.kind, self.cause, attempt=self.attempt, node=failure.node,
+                            rank=rank, data=body)
         self._teardown()
+        sup.blame(failure.node, self.attempt, self.cause)
 
     def _teardown(self) -> None:
         if self.teardown_deadline is not None:
@@ -242,6 +389,17 @@ class AttemptWatch:
             if conn.node is not None:
                 self._send(conn, Stop(reason))
 
+
+class _StackDump:
+    """A stack dump in progress: the hung ranks, where the files go, which agents answered."""
+
+    def __init__(self, *, hung: list, directory: str, detected_ts: float, deadline: float) -> None:  # type: ignore[type-arg]
+        self.hung = hung
+        self.directory = directory
+        self.detected_ts = detected_ts
+        self.deadline = deadline
+        self.asked: set[int] = set()
+        self.answers: dict[int, StacksDumped] = {}
 
 
 def drain(fd: int) -> None:

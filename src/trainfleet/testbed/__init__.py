@@ -2,6 +2,7 @@
 
 from trainfleet.testbed.netns import (
     BRIDGE,
+    HOST_SIDE_ADDRESS,
     SUBNET,
     Host,
     HostStatus,
@@ -19,6 +20,7 @@ from trainfleet.testbed.netns import (
 
 __all__ = [
     "BRIDGE",
+    "HOST_SIDE_ADDRESS",
     "SUBNET",
     "Host",
     "HostStatus",

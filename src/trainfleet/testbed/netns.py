@@ -1,10 +1,12 @@
 """K "hosts" on one machine: network namespaces ``tfh1..tfhK`` joined by veth pairs to a bridge ``tfbr0``.
 
 Host ``tfhN`` owns ``eth0`` at ``10.231.0.N/24`` inside its namespace; its peer ``tfvN`` sits on the bridge in
-the root namespace. The bridge has no address and no uplink and the namespaces have no default route, so
-testbed traffic cannot leave the machine. Links can be degraded with ``tc tbf`` (both directions: the host's
-``eth0`` egress and the bridge port ``tfvN`` egress, which is the host's ingress) and made lossy with an
-nftables ``numgen random`` drop rule inside the host (the kernel here has no ``netem``).
+the root namespace. The bridge holds one host-side address, ``10.231.0.254/24`` (``HOST_SIDE_ADDRESS``), so
+a supervisor in the root namespace can listen where the hosts' agents reach it; the bridge has no uplink
+and the namespaces have no default route, so testbed traffic cannot leave the machine. Links can be
+degraded with ``tc tbf`` (both directions: the host's ``eth0`` egress and the bridge port ``tfvN`` egress,
+which is the host's ingress) and made lossy with an nftables ``numgen random`` drop rule inside the host
+(the kernel here has no ``netem``).
 
 Every command is an argv list run with :mod:`subprocess`; no shell is involved. Every operation is
 idempotent: ``up`` repairs whatever a partial earlier setup left, and ``down`` removes everything it finds
@@ -28,6 +30,7 @@ HOST_PREFIX = "tfh"
 PORT_PREFIX = "tfv"
 HOST_IFNAME = "eth0"
 SUBNET = ipaddress.IPv4Network("10.231.0.0/24")
+HOST_SIDE_ADDRESS = str(SUBNET.broadcast_address - 1)  # 10.231.0.254 on the bridge, in the root namespace
 MAX_HOSTS = 200
 CHAOS_TABLE = "tfchaos"
 _HOST_RE = re.compile(rf"^(?:{HOST_PREFIX})?([0-9]+)$")
@@ -141,6 +144,7 @@ def up(k: int) -> list[Host]:
         _remove_host(extra, namespaces, links)
     if BRIDGE not in links:
         _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+    _run(["ip", "addr", "replace", f"{HOST_SIDE_ADDRESS}/{SUBNET.prefixlen}", "dev", BRIDGE])
     _run(["ip", "link", "set", BRIDGE, "up"])
     hosts = [host(i) for i in range(1, k + 1)]
     for h in hosts:

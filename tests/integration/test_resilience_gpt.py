@@ -1,0 +1,54 @@
+"""The GPT demo (tiny settings) survives a crash whose newest checkpoint is corrupt: the restart falls back to
+the previous checkpoint (the script verifies checksums) and the supervisor records where it resumed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_resilience_faults import events, finished, home, job_pids, status, tf, wait_for
+
+REPO = Path(__file__).parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.torch, pytest.mark.timeout(150)]
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
+        "--corpus-chars", "20000", "--eval-every", "0", "--eval-batches", "1", "--log-every", "10",
+        "--pg-timeout-s", "30"]
+__all__ = ["home"]  # the fixture: a fresh TRAINFLEET_HOME, and no process left afterwards
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, home: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    command = [sys.executable, str(REPO / "examples" / "gpt" / "train.py"), "--steps", "40",
+               "--ckpt-every", "10", *TINY, "--crash-at-step", "25", "--crash-rank", "1",
+               "--crash-attempt", "0"]
+    spec = {"name": "gpt-faulty", "command": command, "nodes": 2, "grace_s": 2, "checkpoint_dir": str(ckpt),
+            "workdir": str(REPO), "restart": {"max_restarts": 1, "backoff_s": 3}, "hang_timeout_s": 60,
+            "env": {"PYTHONHASHSEED": "0"}}
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(spec))
+    out = tf(home, "run", str(path), "--detach")
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+
+    wait_for(lambda: events(status(home, job), "attempt_failed"), 90, "the injected crash")
+    newest = ckpt / "ckpt-00000020.pt"
+    assert newest.is_file() and (ckpt / "ckpt-00000010.pt").is_file()
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum must catch it
+    newest.write_bytes(bytes(data))
+    corrupted_at = time.time()
+    doc = finished(home, job, timeout=120)
+
+    assert doc["state"] == "succeeded", doc["reason"]
+    crash = events(doc, "rank_failed")[0]
+    assert crash["rank"] == 1 and "exited with code 13" in crash["message"] and crash["node"] == "1"
+    assert crash["ts"] < corrupted_at
+    resumed = events(doc, "resumed")[0]["data"]
+    assert resumed["resumed_step"] == 10 and resumed["lost_step"] == 24 and resumed["recomputed_steps"] == 14
+    assert doc["step"] == 40 and doc["goodput"]["recomputed_steps"] == 14
+    rank0_err = Path(next(r for r in doc["ranks"] if r["rank"] == 0)["log_err"]).read_text()
+    assert "skipping corrupt checkpoint" in rank0_err
+    assert not job_pids(job)

@@ -1,0 +1,96 @@
+"""The pure parts of probes-as-jobs: the netns backend's rendered request, the probe job spec, node names by
+placement, judging of recorded testbed output, and per-node results in the job database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainfleet.backends.base import AttemptPlan
+from trainfleet.backends.netns import NetnsBackend
+from trainfleet.errors import BackendError, InputError
+from trainfleet.health.probes.records import PairRecord, parse_probe_output
+from trainfleet.health.probes.run import ProbeReport, ProbeRequest, judge, node_labels, probe_spec, relabel
+from trainfleet.health.probes.store import node_history, save_report
+from trainfleet.spec import JobSpec
+from trainfleet.store import open_store
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "probes"
+PLAN = AttemptPlan(job_id="abcd1234", attempt=1, run_dir="/runs/abcd1234", master_addr="127.0.0.1",
+                   master_port=29555, supervisor_addr="10.231.0.254:40000", python="/venv/bin/python")
+
+
+def test_netns_render_wraps_each_agent_in_its_host_namespace() -> None:
+    spec = JobSpec(name="t", command=["python", "train.py"], nodes=3, procs_per_node=2, env={"A": "1"})
+    request = NetnsBackend(["tfh2", "tfh5", "7"]).render(spec, PLAN)
+    assert request.backend == "netns" and request.world_size == 6
+    assert request.master_addr == "10.231.0.2"  # the first host's namespace address
+    for node, (agent, host) in enumerate(zip(request.agents, ["tfh2", "tfh5", "tfh7"], strict=True)):
+        assert agent.argv[:5] == ["ip", "netns", "exec", host, "/venv/bin/python"]
+        argv = agent.argv
+        assert argv[argv.index("--master-addr") + 1] == "10.231.0.2"
+        assert argv[argv.index("--supervisor") + 1] == "10.231.0.254:40000"
+        assert argv[argv.index("--node-rank") + 1] == str(node)
+        assert argv[-3:] == ["--", "python", "train.py"]
+        assert agent.env["GLOO_SOCKET_IFNAME"] == "eth0" and agent.env["TRAINFLEET_NODE_NAME"] == host
+        assert agent.env["A"] == "1" and agent.log_path == f"/runs/abcd1234/attempt-1/node-{node}/agent.log"
+    default = NetnsBackend().render(spec, PLAN)
+    assert [a.argv[3] for a in default.agents] == ["tfh1", "tfh2", "tfh3"]
+    assert NetnsBackend().node_pool(4) == ["tfh1", "tfh2", "tfh3", "tfh4"]
+    spared = NetnsBackend()
+    spared.exclude(["tfh2"])  # what preflight does: tfh2's rank goes to the spare tfh4
+    with_spare = spec.model_copy(update={"spare_nodes": 1})
+    assert [a.argv[3] for a in spared.render(with_spare, PLAN).agents] == ["tfh1", "tfh3", "tfh4"]
+    with pytest.raises(BackendError, match=r"3 nodes asked, 2 hosts given \(1 excluded\)"):
+        spared.render(spec, PLAN)
+
+
+def test_netns_backend_bad_hosts_are_one_line() -> None:
+    with pytest.raises(BackendError, match=r"host 'eth9': expected tfh1\.\.tfh200"):
+        NetnsBackend(["tfh1", "eth9"])
+    with pytest.raises(BackendError, match="a host is listed twice"):
+        NetnsBackend(["tfh1", "1"])
+    spec = JobSpec(name="t", command=["x"], nodes=3)
+    with pytest.raises(BackendError, match="3 nodes asked, 2 hosts given"):
+        NetnsBackend(["tfh1", "tfh2"]).render(spec, PLAN)
+
+
+def test_probe_request_checks_and_builds_the_worker_command() -> None:
+    req = ProbeRequest("allreduce", nodes=4, sizes="1M..64M", ops="all_reduce", iters=3, timeout_s=60)
+    req.check()
+    spec = probe_spec(req, "netns", workdir="/tmp")
+    assert spec.name == "probe-allreduce" and spec.nodes == 4 and spec.backend == "local"
+    assert spec.env["TRAINFLEET_PROBE_BACKEND"] == "netns"
+    assert spec.argv[1:3] == ["-m", "trainfleet.health.probes.worker"]
+    assert spec.argv[3:] == ["--device", "auto", "--warmup", "1", "--iters", "3", "--timeout-s", "60",
+                             "collectives", "--sizes", "1M..64M", "--factor", "4", "--ops", "all_reduce"]
+    assert ProbeRequest("pairs", pair_size="4M").worker_args()[-3:] == ["pairs", "--size", "4M"]
+    for bad, message in ((ProbeRequest("pairs", nodes=1), "needs at least 2 ranks"),
+                         (ProbeRequest("allreduce", sizes="9M..1M"), "runs backwards"),
+                         (ProbeRequest("allreduce", ops="broadcast"), "unknown collective 'broadcast'"),
+                         (ProbeRequest("flood"), "probe 'flood': expected one of")):  # type: ignore[arg-type]
+        with pytest.raises(InputError, match=message):
+            bad.check()
+    assert node_labels("local", 3) == ["local-0", "local-1", "local-2"]
+    assert node_labels("netns", 2) == ["tfh1", "tfh2"]
+
+
+def test_recorded_testbed_pairs_are_relabelled_judged_and_stored(tmp_path: Path) -> None:
+    raw = parse_probe_output((FIXTURES / "pairs_4hosts_tfh3_1000mbit.jsonl").read_text())
+    names = ["n0", "n1", "n2", "n3"]
+    records = relabel(raw, names, procs_per_node=1)
+    assert all(isinstance(r, PairRecord) for r in records)
+    assert {(r.src, r.dst) for r in records} == {(a, b) for a in names for b in names if a != b}
+    report = ProbeReport(kind="pairs", backend="netns", job_id="feed0001", state="succeeded", reason=None,
+                         nodes=names, records=records)
+    report.findings = judge(report)
+    assert [f.subject for f in report.findings] == ["n2"]  # tfh3 is node rank 2
+    with open_store(f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
+        rows = save_report(store, report)
+        verdicts = [(r.node, r.verdict) for r in rows]
+        assert verdicts == [("n0", "ok"), ("n1", "ok"), ("n2", "slow"), ("n3", "ok")]
+        history = node_history(store, "n2", metric="pair_bw_gbps")
+        assert [(h.job_id, h.probe, h.backend, h.verdict) for h in history] == [
+            ("feed0001", "pairs", "netns", "slow")]
+        assert history[0].value == pytest.approx(report.node_values()["n2"][1])
