@@ -11,9 +11,10 @@ import heapq
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+from trainfleet.runtime.logpipe import utc_stamp
 
 Stream = Literal["out", "err"]
 
@@ -25,8 +26,11 @@ _TAIL_BLOCK = 64 * 1024
 
 
 def format_ts(epoch: float) -> str:
-    """``2026-12-03T07:53:03.123456Z`` for an epoch time: the stamp that starts every rank log line."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-12-03T07:53:03.123456Z`` for an epoch time: the stamp that starts every rank log line.
+
+    The agent's writer owns the format; reading and writing share its one implementation.
+    """
+    return utc_stamp(epoch)
 
 
 def stamp_line(text: str, epoch: float) -> str:
