@@ -1,4 +1,5 @@
-"""The Store API against a real PostgreSQL: CRUD, migrations, and several processes writing at once."""
+"""The store on a real PostgreSQL beyond the portable tests of tests/unit/test_store.py (which run on both
+SQLite and PostgreSQL): four processes writing at once, and the dashboard's queries."""
 
 from __future__ import annotations
 
@@ -6,13 +7,10 @@ import multiprocessing
 import time
 
 import pytest
-import sqlalchemy as sa
 
-from trainfleet.errors import AmbiguousJobId, JobNotFound
 from trainfleet.spec.model import JobSpec
 from trainfleet.spec.state import JobState
 from trainfleet.store import MetricRow, open_store
-from trainfleet.store.migrations import MIGRATIONS
 
 WRITERS = 4
 BATCHES = 25
@@ -21,56 +19,6 @@ ROWS_PER_BATCH = 8
 
 def _spec(name: str = "pg-job") -> JobSpec:
     return JobSpec(name=name, command=["python", "train.py"], nodes=2, procs_per_node=2)
-
-
-def test_crud_round_trip(pg_url: str) -> None:
-    with open_store(pg_url) as store:
-        assert store.engine.dialect.name == "postgresql"
-        a = store.create_job(_spec("a"), run_dir="/runs/{job_id}")
-        b = store.create_job(_spec("b"))
-        job = store.get_job(a[:6])
-        assert (job.id, job.name, job.state, job.run_dir) == (a, "a", JobState.PENDING, f"/runs/{a}")
-        assert job.spec["procs_per_node"] == 2
-        store.update_job(a, state=JobState.RUNNING, started_at=10.0, supervisor_pid=42)
-        assert [j.id for j in store.list_jobs(state=JobState.RUNNING)] == [a]
-        assert {j.id for j in store.list_jobs()} == {a, b}
-        store.start_attempt(a, 0, master_addr="127.0.0.1", master_port=29500, started_at=11.0)
-        store.upsert_rank(a, 0, 1, node_rank=0, local_rank=1, pid=7, state=JobState.RUNNING)
-        store.upsert_rank(a, 0, 1, node_rank=0, local_rank=1, exit_code=3, state=JobState.FAILED)
-        store.end_attempt(a, 0, state=JobState.FAILED, reason="rank 1 exited with code 3", ended_at=12.0)
-        (rank,) = store.ranks(a)
-        assert (rank.pid, rank.exit_code, rank.state) == (7, 3, JobState.FAILED)
-        assert store.attempts(a)[0].reason == "rank 1 exited with code 3"
-        store.add_event(a, "restart", "restarting", attempt=1, node=0, data={"cause": "exit 3"})
-        assert store.events(a)[0].data == {"cause": "exit 3"} and store.events(a)[0].node == "0"
-        store.add_metrics(a, 0, [MetricRow(0, 1, 1.0, {"loss": 3.5}), MetricRow(1, 1, 1.1, {"loss": 3.6})])
-        store.add_metrics(a, 1, [MetricRow(0, 2, 2.0, {"loss": 3.0, "tokens_per_s": 900.0})])
-        assert {r: m.step for r, m in store.latest_metrics(a).items()} == {0: 2}
-        with pytest.raises(JobNotFound):
-            store.get_job("deadbeef")
-        with pytest.raises(JobNotFound):
-            store.upsert_rank("deadbeef", 0, 0, node_rank=0, local_rank=0)
-        store.create_job(_spec("c"), job_id="abcd0001")
-        store.create_job(_spec("d"), job_id="abcd0002")
-        with pytest.raises(AmbiguousJobId):
-            store.get_job("abcd")
-
-
-def _open_and_migrate(url: str) -> int:
-    with open_store(url) as store, store.engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar_one())
-
-
-def test_migrations_apply_once_even_when_raced(pg_url: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(WRITERS) as pool:
-        versions = pool.map(_open_and_migrate, [pg_url] * WRITERS)
-    assert versions == [MIGRATIONS[-1].version] * WRITERS
-    with open_store(pg_url) as store, store.engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars().all()
-        assert rows == [m.version for m in MIGRATIONS]
-        tables = set(sa.inspect(conn).get_table_names())
-    assert {"jobs", "attempts", "ranks", "events", "metrics", "schema_version"} <= tables
 
 
 def _writer(url: str, job_id: str, writer: int, start_at: float) -> int:

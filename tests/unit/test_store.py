@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,10 +22,9 @@ from trainfleet.store.status import job_status
 SPEC = JobSpec(name="demo", command=["python", "train.py"], nodes=2, procs_per_node=2)
 
 
-# Set TRAINFLEET_TEST_PG_URL (e.g. postgresql+psycopg://postgres@/postgres?host=/tmp/pgsock&port=55432) to run
-# every portable store test against PostgreSQL as well; each test gets a fresh database there.
-PG_ADMIN_URL = os.environ.get("TRAINFLEET_TEST_PG_URL")
-BACKENDS = ["sqlite", "postgresql"] if PG_ADMIN_URL else ["sqlite"]
+# Every portable store test runs twice: on SQLite (the default store) and on a real PostgreSQL
+# (tests/pg_fixtures.py starts a throwaway cluster once per session; each test gets a fresh database).
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture
@@ -37,20 +33,12 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[str]:
+def db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
     if request.param == "sqlite":
-        yield sqlite_url
-        return
-    admin = sa.create_engine(str(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"trainfleet_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+        return sqlite_url
+    url = request.getfixturevalue("pg_url")
+    assert url.startswith("postgresql")
+    return url
 
 
 @pytest.fixture
@@ -362,3 +350,44 @@ def test_processes_opening_a_fresh_database_at_once_migrate_once(db_url: str, tm
         versions = [r[0] for r in conn.execute(sa.text("SELECT version FROM schema_version"))]
     engine.dispose()
     assert versions == [m.version for m in MIGRATIONS]
+
+
+def test_node_history_quarantine_and_release(store: Store) -> None:
+    from trainfleet.store.nodes import NodeState
+
+    first = store.blame_node("gpu-07", job_id="aaaa0001", attempt=0, reason="rank 3 killed by signal 9")
+    assert (first.state, first.blames, first.last_job_id) == (NodeState.SUSPECT, 1, "aaaa0001")
+    store.blame_node("gpu-07", job_id="aaaa0001", attempt=1, reason="hung")  # same job: still one job
+    store.blame_node("gpu-07", job_id="aaaa0002", attempt=0, reason="agent lost")
+    assert store.node("gpu-07").state is NodeState.SUSPECT
+    third = store.blame_node("gpu-07", job_id="aaaa0003", attempt=0, reason="no heartbeat for 9.0s")
+    assert third.state is NodeState.QUARANTINED and third.last_reason == "no heartbeat for 9.0s"
+    store.blame_node("gpu-02", job_id="aaaa0003", attempt=0, reason="straggler")
+    assert [(n.name, n.state) for n in store.nodes()] == [("gpu-02", NodeState.SUSPECT),
+                                                          ("gpu-07", NodeState.QUARANTINED)]
+    released = store.release_node("gpu-07", reason="reseated the NIC")
+    assert released.state is NodeState.HEALTHY and released.blames == 4
+    events = store.node_events("gpu-07")
+    assert [e.kind for e in events] == ["blamed"] * 4 + ["quarantined", "released"]
+    assert events[-1].reason == "reseated the NIC" and events[0].job_id == "aaaa0001"
+    assert [e.node for e in store.node_events()].count("gpu-02") == 1
+    with pytest.raises(StoreError, match="unknown node 'gpu-99'"):
+        store.release_node("gpu-99")
+
+
+def test_probe_results_round_trip_in_time_order(store: Store) -> None:
+    from trainfleet.health.probes.store import ProbeResultRow, job_results, node_history, save_results
+
+    rows = [ProbeResultRow(job_id=f"probe{i:04d}", ts=100.0 + i, probe="pairs", backend="netns", node=node,
+                           metric="pair_bw_gbps", value=value, verdict="slow" if value < 1 else "ok",
+                           data={"peers": ["tfh1", "tfh2"]})
+            for i, (node, value) in enumerate([("tfh2", 9.3), ("tfh3", 0.9), ("tfh2", 9.1), ("tfh3", 0.8)])]
+    save_results(store, rows)
+    save_results(store, [])  # nothing to write is not an error
+    history = node_history(store, "tfh3", metric="pair_bw_gbps")
+    assert [(r.ts, r.value, r.verdict) for r in history] == [(101.0, 0.9, "slow"), (103.0, 0.8, "slow")]
+    assert history[0].data == {"peers": ["tfh1", "tfh2"]}
+    assert [r.value for r in node_history(store, "tfh2", limit=1)] == [9.1]
+    assert [(r.node, r.job_id) for r in job_results(store, ["probe0000", "probe0001"])] == [
+        ("tfh2", "probe0000"), ("tfh3", "probe0001")]
+    assert job_results(store, []) == []

@@ -6,7 +6,7 @@ cluster (``scripts/slurm-dev-cluster``), one rank per node. The clock starts whe
 line in its output file (both files polled the same way, every 10 ms). Runs alternate between the two so
 that caches warm both equally; prints every run, the medians and the ratio (target <= 1.2).
 
-    .venv/bin/python benchmarks/slurm_submit.py [--runs 3] [--steps 3] [--workload gpt|print]
+    .venv/bin/python benchmarks/slurm_overhead.py [--runs 3] [--steps 3] [--workload gpt|print]
 
 ``--workload print`` replaces training by a rank that prints ``step 1 loss 0`` at once: what is left is the
 launch path alone (CLI, supervisor, agent vs sbatch + srun).
