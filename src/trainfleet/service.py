@@ -44,8 +44,13 @@ def prepare_spec(
     return spec
 
 
-def backend_for(spec: JobSpec) -> Backend:
-    """The backend named by ``spec.backend``."""
+def backend_for(spec: JobSpec, *, require_up: bool = True) -> Backend:
+    """The backend named by ``spec.backend``.
+
+    For ``netns`` (the namespaced testbed) with ``require_up``, every host the job may use (``tfh1`` ..
+    ``tfh<nodes + spare_nodes>``) must exist now: otherwise a one-line ``BackendError`` says which are
+    missing and how to start them. ``require_up=False`` (dry runs) only renders, so it needs no testbed.
+    """
     if spec.backend == "local":
         from trainfleet.backends.local import LocalBackend
 
@@ -54,7 +59,34 @@ def backend_for(spec: JobSpec) -> Backend:
         from trainfleet.backends import get_backend
 
         return get_backend("slurm")
+    if spec.backend == "netns":
+        return _netns_backend(spec, require_up=require_up)
     raise BackendError(f"backend {spec.backend!r} is not available in this version")
+
+
+def _netns_backend(spec: JobSpec, *, require_up: bool) -> Backend:
+    from trainfleet.backends.netns import NetnsBackend
+    from trainfleet.testbed import netns
+
+    count = spec.nodes + spec.spare_nodes
+    if count > netns.MAX_HOSTS:
+        raise BackendError(f"netns backend: {count} hosts needed (nodes + spare_nodes), the testbed has at "
+                           f"most {netns.MAX_HOSTS}")
+    backend = NetnsBackend()
+    if not require_up:
+        return backend
+    if os.geteuid() != 0:
+        raise BackendError("netns backend: needs root (ranks start with `ip netns exec`)")
+    try:
+        present = {h.name for h in netns.hosts_up()}
+    except BackendError as exc:
+        raise BackendError(f"netns backend: cannot list the testbed hosts: {exc}") from None
+    missing = [name for name in backend.node_pool(count) if name not in present]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise BackendError(f"netns backend: testbed host{'s' if len(missing) > 1 else ''} {shown} not up "
+                           f"(start them with: scripts/testbed up {count})")
+    return backend
 
 
 def dry_run(spec: JobSpec, *, job_id: str = "<job-id>", run_dir: str | None = None) -> Request:
@@ -66,7 +98,7 @@ def dry_run(spec: JobSpec, *, job_id: str = "<job-id>", run_dir: str | None = No
     plan = AttemptPlan(job_id=job_id, attempt=0, run_dir=run_dir or str(trainfleet_home() / "runs" / job_id),
                        master_addr="127.0.0.1", master_port=free_port(), supervisor_addr="127.0.0.1:<port>",
                        python=sys.executable)
-    return backend_for(spec).render(spec, plan)
+    return backend_for(spec, require_up=False).render(spec, plan)
 
 
 def create_job(spec: JobSpec, store: Store) -> str:
@@ -88,7 +120,7 @@ def supervise(job_id: str, store: Store, *, observer: Callable[[JobView], None] 
     ``first_attempt`` > 0 continues a job prepared by ``prepare_resume``. With ``handle_signals``,
     SIGINT/SIGTERM/SIGHUP cancel the job cleanly (call from the main thread).
     """
-    from trainfleet.spec import JobSpec
+    from trainfleet.spec import JobSpec, JobState
     from trainfleet.supervise.supervisor import Supervisor
 
     record = store.get_job(job_id)
@@ -97,7 +129,15 @@ def supervise(job_id: str, store: Store, *, observer: Callable[[JobView], None] 
     if first_attempt:
         latest = store.latest_metrics(record.id)
         lost_step = max((row.step for row in latest.values()), default=None)
-    sup = Supervisor(store, record.id, spec, backend_for(spec), run_dir=record.run_dir, observer=observer,
+    try:
+        backend = backend_for(spec)
+    except BackendError as exc:  # e.g. the testbed went down after submit: the job must not stay pending
+        store.update_job(record.id, state=JobState.FAILED, reason=str(exc), ended_at=time.time())
+        store.add_event(record.id, "job_failed", str(exc), attempt=first_attempt)
+        raise
+    # The agents must reach the supervisor: the netns backend's live behind the testbed bridge.
+    host = getattr(backend, "supervisor_host", "127.0.0.1")
+    sup = Supervisor(store, record.id, spec, backend, run_dir=record.run_dir, observer=observer, host=host,
                      first_attempt=first_attempt, lost_step=lost_step)
     previous = {}
     if handle_signals:
@@ -132,16 +172,18 @@ def prepare_resume(job: str, store: Store) -> int:
     Refuses (``InputError``) a job that succeeded, or one whose supervisor is still alive. For a job left
     ``running``: the open attempt is marked failed with cause "supervisor lost" (a ``supervisor_lost`` event
     times it for goodput), its open rank rows are closed, every leftover process of the job is killed, and the
-    lost attempt counts as a restart. A failed or cancelled job simply gets a new attempt.
+    lost attempt counts as a restart. A failed or cancelled job simply gets a new attempt. Either way the job
+    is ``pending`` again with no ``reason`` and no ``ended_at``: those of its previous end no longer hold.
     """
     from trainfleet.backends.procscan import kill_job_processes
-    from trainfleet.spec import JobState
+    from trainfleet.spec import JobSpec, JobState
 
     record = store.get_job(job)
     if record.state is JobState.SUCCEEDED:
         raise InputError(f"job {record.id} already succeeded; nothing to resume")
     if record.state is JobState.RUNNING and record.supervisor_pid and _pid_alive(record.supervisor_pid):
         raise InputError(f"job {record.id} is still supervised by pid {record.supervisor_pid}")
+    backend_for(JobSpec.model_validate(record.spec))  # cannot run now (testbed down): refuse, change nothing
     attempts = store.attempts(record.id)
     now = time.time()
     kill_job_processes(record.id)
@@ -160,7 +202,7 @@ def prepare_resume(job: str, store: Store) -> int:
         store.end_attempt(record.id, last, state=JobState.FAILED, reason=cause, ended_at=now)
         store.add_event(record.id, "attempt_failed", cause, attempt=last)
     nxt = attempts[-1].attempt + 1 if attempts else 0
-    store.update_job(record.id, state=JobState.PENDING, restarts=nxt)
+    store.reopen_job(record.id, restarts=nxt)
     store.add_event(record.id, "resume", f"resume requested: attempt {nxt} from the latest checkpoint",
                     attempt=nxt)
     return nxt

@@ -4,7 +4,6 @@ foreground run cancels the job cleanly."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -14,40 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-JOBS = Path(__file__).parents[1] / "fixtures" / "jobs"
-TRAINFLEET = str(Path(sys.executable).parent / "trainfleet")
-
-
-def cli_env(home: Path) -> dict[str, str]:
-    env = {**os.environ, "TRAINFLEET_HOME": str(home)}
-    env.pop("TRAINFLEET_DB_URL", None)
-    return env
-
-
-def tf(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TRAINFLEET, *args], env=cli_env(home), capture_output=True, text=True,
-                          timeout=timeout)
+from job_helpers import JOBS, TRAINFLEET, cli_env, job_pids, reap_jobs, tf, write_spec
 
 
 def spec_file(tmp_path: Path, script: str = "env_dump.py", **fields: object) -> Path:
-    spec = {"name": "cli", "command": [sys.executable, str(JOBS / script)], "nodes": 2, "procs_per_node": 1,
-            "grace_s": 2, **fields}
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def job_pids(job_id: str) -> list[int]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"TRAINFLEET_JOB_ID={job_id}".encode() in environ:
-            found.append(int(entry))
-    return found
+    return write_spec(tmp_path, script, as_yaml=True, **{"name": "cli", "procs_per_node": 1, **fields})
 
 
 @pytest.mark.timeout(30)
@@ -94,9 +64,7 @@ def test_ctrl_c_on_a_foreground_run_cancels_the_job(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for run_dir in home.glob("runs/*"):
-            for pid in job_pids(run_dir.name):
-                os.kill(pid, signal.SIGKILL)
+        reap_jobs(home)
 
 
 def _interrupt_and_check(proc: subprocess.Popen, home: Path) -> None:
@@ -126,3 +94,60 @@ def test_cancel_of_a_finished_job_says_so(tmp_path: Path) -> None:
     out = tf(home, "cancel", job)
     assert out.returncode == 1
     assert f"job {job} had already ended: succeeded" in out.stderr
+
+
+@pytest.mark.timeout(30)
+def test_a_netns_job_dry_runs_without_a_testbed_and_is_refused_when_its_hosts_are_not_up(tmp_path: Path,
+                                                                                         ) -> None:
+    home = tmp_path / "home"
+    spec = str(spec_file(tmp_path, backend="netns"))
+    out = tf(home, "run", spec, "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr
+    request = json.loads(out.stdout)
+    assert request["backend"] == "netns" and request["master_addr"] == "10.231.0.1"
+    assert [a["argv"][:4] for a in request["agents"]] == [["ip", "netns", "exec", f"tfh{n}"] for n in (1, 2)]
+    # tfh1..tfh200 are never all up here (the testbed tests bring up 4 at most).
+    refused = tf(home, "run", spec, "--set", "nodes=199", "--set", "spare_nodes=1")
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trainfleet: error: netns backend: "), refused.stderr
+    assert tf(home, "list", "--json").stdout.strip() == "[]"  # nothing was recorded
+
+
+@pytest.mark.timeout(30)
+def test_importing_the_cli_loads_no_store_and_help_lists_every_command(tmp_path: Path) -> None:
+    heavy = ("sqlalchemy", "pydantic", "yaml", "trainfleet.store")
+    code = f"import sys, trainfleet.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+    helped = tf(tmp_path / "home", "--help")
+    assert helped.returncode == 0, helped.stderr
+    listed = set(re.findall(r"^│ ([a-z][a-z-]+) ", helped.stdout, flags=re.MULTILINE))
+    assert listed == {"collect", "debug", "doctor", "list", "status", "logs", "probe", "probe-history",
+                      "resume", "run", "cancel", "schema", "ui", "nodes"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_netns_job_runs_each_node_in_its_testbed_host(tmp_path: Path) -> None:
+    """Needs root and iproute2, like tests/integration/test_probe_netns.py; the testbed is removed after."""
+    from trainfleet.testbed import netns
+
+    home = tmp_path / "home"
+    netns.down()
+    try:
+        netns.up(2)
+        out = tf(home, "run", str(spec_file(tmp_path, backend="netns")), timeout=60)
+    finally:
+        netns.down()
+        reap_jobs(home)
+    assert out.returncode == 0, out.stderr
+    job = re.search(r"job ([0-9a-f]{8}) succeeded", out.stderr).group(1)  # type: ignore[union-attr]
+    doc = json.loads(tf(home, "status", job, "--json").stdout)
+    assert (doc["backend"], doc["supervisor"]["addr"].split(":")[0]) == ("netns", "10.231.0.254")
+    assert sorted((r["rank"], r["host"], r["exit_code"]) for r in doc["ranks"]) == [(0, "tfh1", 0),
+                                                                                   (1, "tfh2", 0)]
+    for node in (0, 1):
+        text = Path(doc["run_dir"], "attempt-0", f"node-{node}", f"rank-{node}.out").read_text()
+        env = json.loads(text.split("ENV ", 1)[1].splitlines()[0])
+        assert env["MASTER_ADDR"] == "10.231.0.1"  # the rendezvous is tfh1's namespace address

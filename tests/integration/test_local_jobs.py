@@ -7,15 +7,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from job_helpers import cli_status as status
+from job_helpers import cmdline, job_pids, reap_jobs, start_detached, tf, wait_final, wait_for, write_spec
 
-JOBS = Path(__file__).parents[1] / "fixtures" / "jobs"
-TRAINFLEET = str(Path(sys.executable).parent / "trainfleet")
 STAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (.*)$")
 
 pytestmark = pytest.mark.slow
@@ -26,60 +24,7 @@ def home(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A fresh TRAINFLEET_HOME; afterwards no process of a job started under it is left, even on failure."""
     path = tmp_path / "home"
     yield path
-    for run_dir in path.glob("runs/*"):
-        job = run_dir.name
-        supervised = any(_cmdline(int(p))[-2:] == ["--job", job] for p in os.listdir("/proc") if p.isdigit())
-        if supervised or job_pids(job):
-            tf(path, "cancel", job, timeout=40)
-        for pid in job_pids(job):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def write_spec(tmp_path: Path, script: str, *args: str, **fields: object) -> Path:
-    spec = {"name": "t", "command": [sys.executable, str(JOBS / script), *args], "nodes": 2,
-            "procs_per_node": 2, "grace_s": 2, **fields}
-    path = tmp_path / "job.yaml"
-    path.write_text(json.dumps(spec))  # JSON is YAML
-    return path
-
-
-def tf(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TRAINFLEET_HOME": str(home)}
-    env.pop("TRAINFLEET_DB_URL", None)
-    return subprocess.run([TRAINFLEET, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def status(home: Path, job: str) -> dict:
-    out = tf(home, "status", job, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def job_pids(job_id: str) -> list[int]:
-    """Every live process whose environment says it belongs to ``job_id`` (an independent /proc scan)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"TRAINFLEET_JOB_ID={job_id}".encode() in environ:
-                pids.append(int(entry))
-    return pids
-
-
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    reap_jobs(path, cancel_first=True)
 
 
 def rank_lines(run_dir: str, attempt: int, rank: int, stream: str = "out") -> list[str]:
@@ -99,10 +44,7 @@ def rank_env(run_dir: str, attempt: int, rank: int) -> dict:
 
 def start_sleepers(tmp_path: Path, home: Path) -> str:
     """A detached 2x2 job whose ranks (each with a child process) sleep until killed; returns its id."""
-    out = tf(home, "run", str(write_spec(tmp_path, "sleeper.py")), "--detach", timeout=30)
-    assert out.returncode == 0, out.stderr
-    job = out.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"[0-9a-f]{8}", job)
+    job = start_detached(home, write_spec(tmp_path, "sleeper.py"))
     run_dir = Path(home, "runs", job)
 
     def all_ready() -> bool:
@@ -199,9 +141,9 @@ def test_cancel_of_a_detached_job_leaves_no_process(tmp_path: Path, home: Path) 
 def test_kill_9_of_an_agent_fails_the_job_and_leaves_no_process(tmp_path: Path, home: Path) -> None:
     job = start_sleepers(tmp_path, home)
     wanted = ["-m", "trainfleet.runtime.agent", "--job-id", job, "--attempt", "0", "--node-rank", "1"]
-    agent = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline(int(p))[1:9] == wanted)
+    agent = next(int(p) for p in os.listdir("/proc") if p.isdigit() and cmdline(p)[1:9] == wanted)
     os.kill(agent, signal.SIGKILL)
-    st = wait_for(lambda: (s := status(home, job))["state"] != "running" and s, 30, "the job to end")
+    st = wait_final(home, job, 30, read=status)
     assert st["state"] == "failed"
     assert "node 1 agent lost" in st["reason"]
     wait_for(lambda: job_pids(job) == [], 10, "no surviving process")
@@ -233,13 +175,6 @@ def test_a_torchrun_style_gloo_all_reduce_runs_unchanged(tmp_path: Path, home: P
     for rank in range(2):
         text = Path(run_dir, "attempt-0", f"node-{rank}", f"rank-{rank}.out").read_text()
         assert f"rank {rank} all_reduce sum 3 ok" in text
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-    except OSError:
-        return []
 
 
 @pytest.mark.timeout(60)

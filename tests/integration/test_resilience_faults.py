@@ -10,15 +10,22 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-JOBS = Path(__file__).parents[1] / "fixtures" / "jobs"
-TRAINFLEET = str(Path(sys.executable).parent / "trainfleet")
+from job_helpers import (
+    cmdline,
+    events,
+    job_pids,
+    reap_jobs,
+    start_detached,
+    status,
+    tf,
+    wait_final,
+    wait_for,
+    write_spec,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -28,49 +35,14 @@ def home(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A fresh TRAINFLEET_HOME; afterwards every process of its jobs is gone (even after a failed test)."""
     path = tmp_path / "home"
     yield path
-    for run_dir in path.glob("runs/*"):
-        for pid in job_pids(run_dir.name) + supervisor_pids(run_dir.name):
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-
-
-def tf(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TRAINFLEET_HOME": str(home)}
-    env.pop("TRAINFLEET_DB_URL", None)
-    return subprocess.run([TRAINFLEET, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    reap_jobs(path)
 
 
 def start(tmp_path: Path, home: Path, *args: str, **fields: object) -> str:
-    spec = {"name": "faulty", "command": [sys.executable, str(JOBS / "trainer.py"), *args], "nodes": 2,
-            "procs_per_node": 2, "grace_s": 2, "checkpoint_dir": str(tmp_path / "ckpt"), "spare_nodes": 1,
-            "restart": {"max_restarts": 2, "backoff_s": 0.5}, "hang_timeout_s": 60, **fields}
-    path = tmp_path / "job.yaml"
-    path.write_text(json.dumps(spec))
-    out = tf(home, "run", str(path), "--detach")
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
-def status(home: Path, job: str) -> dict:
-    """``status --json`` computed in this process (the CLI's own code; a subprocess per poll is slow)."""
-    from trainfleet.store import open_store
-    from trainfleet.store.status import job_status
-
-    with open_store(f"sqlite:///{home}/trainfleet.db") as store:
-        return json.loads(json.dumps(job_status(store, job)))
-
-
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    spec = write_spec(tmp_path, "trainer.py", *args, **{
+        "name": "faulty", "checkpoint_dir": str(tmp_path / "ckpt"), "spare_nodes": 1,
+        "restart": {"max_restarts": 2, "backoff_s": 0.5}, "hang_timeout_s": 60, **fields})
+    return start_detached(home, spec)
 
 
 def running_at_step(home: Path, job: str, attempt: int, step: int) -> dict:
@@ -85,46 +57,10 @@ def running_at_step(home: Path, job: str, attempt: int, step: int) -> dict:
     return wait_for(ready, 40, f"attempt {attempt} at step {step}")
 
 
-def finished(home: Path, job: str, timeout: float = 60) -> dict:
-    return wait_for(lambda: (d := status(home, job))["state"] in ("succeeded", "failed", "cancelled") and d,
-                    timeout, "the job to end")
-
-
-def events(doc: dict, kind: str) -> list[dict]:
-    return [e for e in doc["events"] if e["kind"] == kind]
-
-
-def job_pids(job_id: str) -> list[int]:
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"TRAINFLEET_JOB_ID={job_id}".encode() in environ:
-            pids.append(int(entry))
-    return pids
-
-
-def supervisor_pids(job_id: str) -> list[int]:
-    out = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"trainfleet.supervise" in argv and job_id.encode() in argv:
-            out.append(int(entry))
-    return out
-
-
 def agent_pid(job_id: str, attempt: int, node: int) -> int:
     want = {"--job-id": job_id, "--attempt": str(attempt), "--node-rank": str(node)}
     for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_text().split("\0")
-        except OSError:
-            continue
+        argv = cmdline(entry)
         options = dict(itertools.pairwise(argv))
         if "trainfleet.runtime.agent" in argv and all(options.get(k) == v for k, v in want.items()):
             return int(entry)
@@ -152,7 +88,7 @@ def test_kill_9_of_a_rank_is_detected_blamed_and_resumed_on_a_spare_node(tmp_pat
     victim = next(r for r in doc["ranks"] if r["rank"] == 3)
     killed_at = time.time()
     os.kill(victim["pid"], signal.SIGKILL)
-    doc = finished(home, job)
+    doc = wait_final(home, job)
 
     crash = events(doc, "rank_failed")[0]
     assert crash["attempt"] == 0 and crash["rank"] == 3 and crash["node"] == "1"
@@ -177,7 +113,7 @@ def test_a_stopped_rank_is_a_hang_whose_stacks_are_dumped_and_shown_by_debug(tmp
     victim = next(r for r in doc["ranks"] if r["rank"] == 2)
     os.kill(victim["pid"], signal.SIGSTOP)
     stopped_at = time.time()
-    doc = finished(home, job)
+    doc = wait_final(home, job)
 
     hang = events(doc, "rank_hung")[0]
     assert hang["rank"] == 2 and hang["node"] == "1" and "its process is stopped" in hang["message"]
@@ -204,7 +140,7 @@ def test_a_killed_agent_and_then_a_silent_agent_are_lost_nodes(tmp_path: Path, h
     running_at_step(home, job, 1, 45)
     os.kill(agent_pid(job, 1, 0), signal.SIGSTOP)
     stopped_at = time.time()
-    doc = finished(home, job)
+    doc = wait_final(home, job)
 
     lost = events(doc, "agent_lost")
     assert [(e["attempt"], e["node"]) for e in lost] == [(0, "1"), (1, "0")]
@@ -227,7 +163,7 @@ def test_kill_9_of_the_supervisor_then_resume_continues_from_the_checkpoint(tmp_
 
     out = tf(home, "resume", job)
     assert out.returncode == 0 and out.stdout.strip() == job, out.stderr
-    doc = finished(home, job)
+    doc = wait_final(home, job)
     first = doc["attempts"][0]
     assert first["state"] == "failed" and first["reason"].startswith("supervisor lost")
     assert events(doc, "supervisor_lost")[0]["attempt"] == 0
@@ -245,7 +181,7 @@ def test_kill_9_of_the_supervisor_then_resume_continues_from_the_checkpoint(tmp_
 def test_one_slow_rank_is_reported_as_a_straggler_with_its_node_and_numbers(tmp_path: Path, home: Path,
                                                                             ) -> None:
     job = start(tmp_path, home, "--steps", "40", "--step-s", "0.03", "--slow-rank", "1", "--slow-factor", "4")
-    doc = finished(home, job)
+    doc = wait_final(home, job)
     assert doc["state"] == "succeeded"
     slow = events(doc, "straggler")
     assert [(e["rank"], e["node"]) for e in slow] == [(1, "0")]
@@ -253,3 +189,24 @@ def test_one_slow_rank_is_reported_as_a_straggler_with_its_node_and_numbers(tmp_
     assert data["ratio"] >= 2 and data["factor"] == 2 and data["host"] == "local-0"
     assert data["step_time_s"] >= 2 * data["median_s"] > 0
     assert "local-0: node 0 rank 1 is a straggler" in slow[0]["message"]
+
+
+def test_resume_of_a_failed_job_runs_without_the_old_reason_and_end_time(tmp_path: Path, home: Path) -> None:
+    job = start(tmp_path, home, "--steps", "60", "--step-s", "0.05", "--crash-at-step", "25", "--crash-rank",
+                "1", "--crash-attempt", "0", restart={"max_restarts": 0, "backoff_s": 0})
+    failed = wait_final(home, job)
+    assert failed["state"] == "failed" and failed["reason"] and failed["ended_at"]
+
+    out = tf(home, "resume", job)
+    assert out.returncode == 0 and out.stdout.strip() == job, out.stderr
+    running = running_at_step(home, job, 1, 25)  # attempt 1 resumed from the step-20 checkpoint and runs
+    assert running["state"] == "running"
+    assert running["reason"] is None and running["ended_at"] is None, "a running job has no end yet"
+    assert running["started_at"] == failed["started_at"]  # a resumed job keeps its start
+    assert "reason:" not in tf(home, "status", job).stdout  # the human view shows no stale reason either
+
+    doc = wait_final(home, job)
+    assert doc["state"] == "succeeded" and doc["reason"] is None and doc["ended_at"] > failed["ended_at"]
+    assert [a["state"] for a in doc["attempts"]] == ["failed", "succeeded"] and doc["restarts"] == 1
+    assert next(e for e in events(doc, "resumed") if e["attempt"] == 1)["data"]["resumed_step"] == 20
+    assert not job_pids(job)

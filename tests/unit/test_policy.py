@@ -30,12 +30,30 @@ def test_failures_restart_with_backoff_until_the_budget_is_spent_then_fail_with_
     assert none.reason == "boom (no restarts allowed)"
 
 
-def test_backoff_grows_only_when_the_policy_has_a_factor() -> None:
-    class Growing:
-        backoff_s, backoff_factor, max_backoff_s = 1.0, 2.0, 5.0
+def test_backoff_grows_by_the_factor_per_restart_up_to_the_cap() -> None:
+    policy = RestartPolicy(max_restarts=6, backoff_s=1.0, backoff_factor=2.0, max_backoff_s=5.0)
+    assert [backoff_s(policy, a) for a in range(6)] == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    delays = [decide(Outcome.FAILED, attempt=a, policy=policy, cause="boom").delay_s for a in range(6)]
+    assert delays == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert not decide(Outcome.FAILED, attempt=6, policy=policy, cause="boom").restart
 
-    assert [backoff_s(Growing(), a) for a in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]  # type: ignore[arg-type]
-    assert backoff_s(RestartPolicy(backoff_s=3), 4) == 3.0
+
+def test_default_backoff_is_constant() -> None:
+    assert [backoff_s(RestartPolicy(backoff_s=3), a) for a in range(4)] == [3.0, 3.0, 3.0, 3.0]
+    assert backoff_s(RestartPolicy(backoff_s=0, backoff_factor=10), 7) == 0.0
+
+
+def test_a_cap_below_backoff_s_never_shortens_the_first_wait() -> None:
+    policy = RestartPolicy(backoff_s=600, max_backoff_s=300)  # a spec written before the cap existed
+    assert [backoff_s(policy, a) for a in range(3)] == [600.0, 600.0, 600.0]
+    growing = RestartPolicy(backoff_s=600, backoff_factor=2, max_backoff_s=300)
+    assert backoff_s(growing, 2) == 600.0
+
+
+def test_a_huge_restart_count_reaches_the_cap_without_overflow() -> None:
+    policy = RestartPolicy(max_restarts=100_000, backoff_s=0.5, backoff_factor=10, max_backoff_s=120)
+    assert backoff_s(policy, 50_000) == 120.0
+    assert decide(Outcome.FAILED, attempt=99_999, policy=policy).delay_s == 120.0
 
 
 def test_a_blamed_node_is_replaced_by_a_spare_and_kept_when_there_is_none() -> None:

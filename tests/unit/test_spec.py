@@ -49,6 +49,30 @@ def test_minimal_spec_gets_defaults(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path, "name: a\ncommand: [echo]\nnodes: 1\n"))
     assert spec.backend == "local" and spec.workdir == "." and spec.checkpoint_dir is None
     assert spec.restart.max_restarts == 0 and spec.hang_timeout_s == 300.0 and spec.procs_per_node == 1
+    restart = spec.restart
+    assert (restart.backoff_factor, restart.max_backoff_s, restart.max_preemptions) == (1.0, 300.0, None)
+    assert (spec.straggler_factor, spec.straggler_window) == (2.0, 8)
+
+
+def test_straggler_and_backoff_growth_fields_load(tmp_path: Path) -> None:
+    text = ("name: a\ncommand: [echo]\nnodes: 1\nbackend: netns\nstraggler_factor: 1.5\nstraggler_window: 2\n"
+            "restart: {max_restarts: 5, backoff_s: 2, backoff_factor: 3, max_backoff_s: 60}\n")
+    spec = load_spec(write(tmp_path, text))
+    assert (spec.backend, spec.straggler_factor, spec.straggler_window) == ("netns", 1.5, 2)
+    assert (spec.restart.backoff_s, spec.restart.backoff_factor, spec.restart.max_backoff_s) == (2, 3, 60)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("restart.backoff_factor=.inf", "--set: restart.backoff_factor: must be a finite number"),
+    ("restart.max_backoff_s=.nan", "--set: restart.max_backoff_s: must be a finite number"),
+    ("straggler_factor=.inf", "--set: straggler_factor: must be a finite number"),
+    ("straggler_window=true", "--set: straggler_window: must be an integer"),
+])
+def test_growth_and_straggler_values_must_be_finite_numbers(tmp_path: Path, override: str,
+                                                            expected: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, "name: a\ncommand: [echo]\nnodes: 1\n"), [override])
+    assert str(err.value) == expected
 
 
 def test_string_command_is_split_without_a_shell(tmp_path: Path) -> None:
@@ -75,7 +99,7 @@ BASE = {"name": "a", "command": ["python"], "nodes": 1}
         ({"nodes": 1.5}, "job.yaml: nodes: must be an integer"),
         ({"procs_per_node": -1}, "job.yaml: procs_per_node: must be >= 1"),
         ({"colour": "red"}, "job.yaml: colour: unknown field"),
-        ({"backend": "k8s"}, "job.yaml: backend: must be one of local, slurm"),
+        ({"backend": "k8s"}, "job.yaml: backend: must be one of local, slurm, netns"),
         ({"name": "bad name!"}, "job.yaml: name: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
         ({"command": []}, "job.yaml: command: must not be empty"),
         ({"command": ""}, "job.yaml: command: must not be empty"),
@@ -92,6 +116,13 @@ BASE = {"name": "a", "command": ["python"], "nodes": 1}
         ({"hang_timeout_s": "soon"}, "job.yaml: hang_timeout_s: must be a number"),
         ({"grace_s": -1}, "job.yaml: grace_s: must be >= 0"),
         ({"spare_nodes": -2}, "job.yaml: spare_nodes: must be >= 0"),
+        ({"straggler_factor": 1}, "job.yaml: straggler_factor: must be > 1"),
+        ({"straggler_factor": "twice"}, "job.yaml: straggler_factor: must be a number"),
+        ({"straggler_window": 1}, "job.yaml: straggler_window: must be >= 2"),
+        ({"straggler_window": 8.5}, "job.yaml: straggler_window: must be an integer"),
+        ({"restart": {"backoff_factor": 0.5}}, "job.yaml: restart.backoff_factor: must be >= 1"),
+        ({"restart": {"max_backoff_s": -1}}, "job.yaml: restart.max_backoff_s: must be >= 0"),
+        ({"restart": {"max_preemptions": -1}}, "job.yaml: restart.max_preemptions: must be >= 0"),
     ],
 )
 def test_each_bad_field_names_its_path(tmp_path: Path, change: dict, expected: str) -> None:
@@ -195,6 +226,10 @@ def test_schema_command_prints_the_json_schema() -> None:
     assert schema["additionalProperties"] is False
     props = schema["properties"]
     assert props["nodes"]["minimum"] == 1 and props["hang_timeout_s"]["exclusiveMinimum"] == 0
-    assert props["backend"]["enum"] == ["local", "slurm"]
-    assert {"max_restarts", "backoff_s"} <= set(schema["$defs"]["RestartPolicy"]["properties"])
+    assert props["backend"]["enum"] == ["local", "slurm", "netns"]
+    restart = schema["$defs"]["RestartPolicy"]["properties"]
+    assert set(restart) == {"max_restarts", "backoff_s", "backoff_factor", "max_backoff_s", "max_preemptions"}
+    assert (restart["backoff_factor"]["minimum"], restart["max_backoff_s"]["default"]) == (1, 300.0)
+    assert props["straggler_factor"]["exclusiveMinimum"] == 1 and props["straggler_window"]["minimum"] == 2
     assert all("description" in p for p in props.values())
+    assert all("description" in p for p in restart.values())

@@ -391,3 +391,13 @@ def test_probe_results_round_trip_in_time_order(store: Store) -> None:
     assert [(r.node, r.job_id) for r in job_results(store, ["probe0000", "probe0001"])] == [
         ("tfh2", "probe0000"), ("tfh3", "probe0001")]
     assert job_results(store, []) == []
+
+
+def test_reopen_clears_the_previous_end(store: Store) -> None:
+    job_id = store.create_job(SPEC, run_dir="/r")
+    store.update_job(job_id, state=JobState.FAILED, reason="rank 1 exited with code 3", ended_at=50.0)
+    store.reopen_job(job_id, restarts=2)
+    job = store.get_job(job_id)
+    assert (job.state, job.reason, job.ended_at, job.restarts) == (JobState.PENDING, None, None, 2)
+    with pytest.raises(JobNotFound):
+        store.reopen_job("deadbeef", restarts=1)

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from trainfleet.backends.base import Backend
 
-BACKENDS = ("local", "slurm")
+BACKENDS = ("local", "slurm", "netns")
 
 
 def get_backend(name: str) -> Backend:
-    """A new backend by name (``local`` or ``slurm``); ``BackendError`` for any other name.
+    """A new backend by name: ``local``, ``slurm`` or ``netns`` (the namespaced testbed), else BackendError.
 
     The Slurm backend reads node history (suspect / quarantined nodes) from trainfleet's store.
     """
@@ -25,4 +25,8 @@ def get_backend(name: str) -> Backend:
         from trainfleet.backends.slurm.backend import SlurmBackend, default_store_factory
 
         return SlurmBackend(store_factory=default_store_factory)
+    if name == "netns":
+        from trainfleet.backends.netns import NetnsBackend
+
+        return NetnsBackend()
     raise BackendError(f"backend {name!r} is not available (known: {', '.join(BACKENDS)})")

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -13,9 +14,10 @@ from trainfleet.cli import app
 from trainfleet.cli._jobs_view import console, jobs_table, status_view
 from trainfleet.errors import UsageError
 from trainfleet.spec.state import JobState
-from trainfleet.store import Store, open_store
-from trainfleet.store.logfiles import LogFollower, LogLine, attempt_dirs, log_sources, read_merged
-from trainfleet.store.status import job_status, job_summary
+
+if TYPE_CHECKING:  # the store (SQLAlchemy) is imported by the commands that read it, not by `import cli`
+    from trainfleet.store import Store
+    from trainfleet.store.logfiles import LogLine
 
 FOLLOW_POLL_S = 0.25
 STATES = ", ".join(s.value for s in JobState)
@@ -28,6 +30,9 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
     """List jobs, newest first: id, name, state, restarts, shape, created, duration, latest step and loss."""
+    from trainfleet.store import open_store
+    from trainfleet.store.status import job_summary
+
     _at_least("--limit", limit, 1)
     wanted = _state_option(state)
     with open_store() as store:
@@ -48,6 +53,9 @@ def status_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the status document as JSON."),
 ) -> None:
     """Show a job: state and reason, attempts, ranks with exit codes or signals, latest metrics, logs."""
+    from trainfleet.store import open_store
+    from trainfleet.store.status import job_status
+
     with open_store() as store:
         doc = job_status(store, job)
     if as_json:
@@ -65,6 +73,9 @@ def logs_cmd(
     tail: int | None = typer.Option(None, "--tail", "-n", help="Only the last N lines."),
 ) -> None:
     """Print the job's rank logs merged in time order, each line prefixed with node:rank."""
+    from trainfleet.store import open_store
+    from trainfleet.store.logfiles import attempt_dirs, log_sources, read_merged
+
     for option, value in (("--rank", rank), ("--attempt", attempt), ("--tail", tail)):
         _at_least(option, value, 0)
     with open_store() as store:
@@ -102,6 +113,8 @@ def _state_option(value: str | None) -> JobState | None:
 
 def _follow(store: Store, job_id: str, run_dir: str, *, attempt: int | None, rank: int | None,
             tail: int | None) -> None:
+    from trainfleet.store.logfiles import LogFollower
+
     follower = LogFollower(run_dir, attempt=attempt, rank=rank, tail=tail)
     shown = [follower.attempt]  # the attempt whose lines are being printed; a new one gets a header
     while True:

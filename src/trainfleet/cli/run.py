@@ -11,11 +11,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from trainfleet.cli import app
-from trainfleet.spec import JobSpec, JobState
+from trainfleet.spec.state import JobState
+
+if TYPE_CHECKING:
+    from trainfleet.spec.model import JobSpec
 
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130

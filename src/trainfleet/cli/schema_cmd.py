@@ -8,13 +8,14 @@ from typing import Any
 import typer
 
 from trainfleet.cli import app
-from trainfleet.spec.model import JobSpec
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def job_spec_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of ``JobSpec``, as generated from the model itself."""
+    from trainfleet.spec.model import JobSpec
+
     return {"$schema": JSON_SCHEMA_DIALECT, **JobSpec.model_json_schema()}
 
 

@@ -19,15 +19,29 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Count = Annotated[int, Field(strict=True)]
 Seconds = Annotated[float, Field(strict=True)]
 Rate = Annotated[float, Field(strict=True)]
+# Growth factors and caps: .inf / .nan in YAML would make the arithmetic on them meaningless.
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class RestartPolicy(BaseModel):
-    """How often, and how slowly, a failed attempt is restarted."""
+    """How often, and how slowly, a failed attempt is restarted.
+
+    The wait before restart ``k`` (1 for the first) is ``backoff_s * backoff_factor**(k-1)``, never more than
+    ``max_backoff_s`` (but never less than ``backoff_s``: the cap bounds the growth, not the first wait).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_restarts: Count = Field(0, ge=0, description="Restarts allowed after the first attempt fails.")
-    backoff_s: Seconds = Field(1.0, ge=0, description="Seconds to wait before starting the next attempt.")
+    backoff_s: Finite = Field(1.0, ge=0, description="Seconds to wait before the first restart.")
+    backoff_factor: Finite = Field(
+        1.0, ge=1, description="Each further restart waits this many times longer than the one before "
+        "(1: always backoff_s).")
+    max_backoff_s: Finite = Field(
+        300.0, ge=0, description="Upper bound, in seconds, of the growing wait (never below backoff_s).")
+    max_preemptions: Count | None = Field(
+        None, ge=0, description="New attempts allowed after the engine itself ended one (preempted, timed "
+        "out, requeued); these do not count against max_restarts. null: no limit.")
 
 
 class AllreduceGate(BaseModel):
@@ -78,7 +92,9 @@ class JobSpec(BaseModel):
     )
     nodes: Count = Field(ge=1, description="Logical nodes (one agent each).")
     procs_per_node: Count = Field(1, ge=1, description="Ranks per node (GPUs per node on a GPU cluster).")
-    backend: Literal["local", "slurm"] = Field("local", description="Where the ranks run.")
+    backend: Literal["local", "slurm", "netns"] = Field(
+        "local", description="Where the ranks run: local processes, a Slurm allocation, or the namespaced "
+        "testbed hosts tfh1..tfhN (scripts/testbed up N; needs root).")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every rank.")
     workdir: str = Field(".", description="Working directory of every rank; relative to where `run` starts.")
     checkpoint_dir: str | None = Field(
@@ -86,6 +102,12 @@ class JobSpec(BaseModel):
     )
     restart: RestartPolicy = Field(default_factory=RestartPolicy, description="Restart policy.")
     hang_timeout_s: Seconds = Field(300.0, gt=0, description="A rank without progress this long is hung.")
+    straggler_factor: Finite = Field(
+        2.0, gt=1, description="A rank is a straggler when its median step time over the window exceeds "
+        "this many times the median of the other ranks.")
+    straggler_window: Count = Field(
+        8, ge=2, description="Steps in the window: the most recent step times per rank that are compared "
+        "(no rank is judged before it has this many).")
     spare_nodes: Count = Field(0, ge=0, description="Extra nodes that can replace a node blamed for failure.")
     heartbeat_interval_s: Seconds = Field(1.0, gt=0, description="Agent heartbeat period.")
     grace_s: Seconds = Field(5.0, ge=0, description="Seconds from SIGTERM to SIGKILL when stopping ranks.")

@@ -132,6 +132,16 @@ class Store(NodeHistory):
         if run_write(self.engine, update) == 0:
             raise JobNotFound(job_id)
 
+    def reopen_job(self, job_id: str, *, restarts: int) -> None:
+        """Make a final job pending again for attempt ``restarts`` (resume): its old reason and end go."""
+        values = {"state": JobState.PENDING.value, "restarts": restarts, "reason": None, "ended_at": None}
+
+        def update(conn: Connection) -> int:
+            return conn.execute(sa.update(t.jobs).where(t.jobs.c.id == job_id).values(**values)).rowcount
+
+        if run_write(self.engine, update) == 0:
+            raise JobNotFound(job_id)
+
     # --- attempts and ranks -------------------------------------------------------------------------
 
     def start_attempt(self, job_id: str, attempt: int, *, master_addr: str, master_port: int,

@@ -34,8 +34,9 @@ class Decision:
 def decide(outcome: Outcome, *, attempt: int, policy: RestartPolicy, cause: str | None = None) -> Decision:
     """Succeeded/cancelled end the job; a failure restarts while ``attempt < max_restarts``, else fails it.
 
-    ``attempt`` is the number of the attempt that just ended (0 for the first). The final reason names the
-    last cause and how many restarts were used.
+    ``attempt`` is the number of the attempt that just ended (0 for the first); a restart waits
+    ``backoff_s(policy, attempt)`` seconds (growing by ``backoff_factor`` per restart, capped at
+    ``max_backoff_s``). The final reason names the last cause and how many restarts were used.
     """
     if outcome is Outcome.SUCCEEDED:
         return Decision(JobState.SUCCEEDED)
@@ -48,11 +49,18 @@ def decide(outcome: Outcome, *, attempt: int, policy: RestartPolicy, cause: str 
 
 
 def backoff_s(policy: RestartPolicy, attempt: int) -> float:
-    """Delay before the attempt after ``attempt``: ``backoff_s * backoff_factor**attempt``, capped.
+    """Seconds to wait after attempt ``attempt`` (0 first) failed: ``backoff_s * backoff_factor**attempt``.
 
-    ``backoff_factor`` (default 1: a constant delay) and ``max_backoff_s`` (default 300) are read from the
-    policy when it has them, so a spec without them keeps the constant ``backoff_s``.
+    The growth stops at ``max_backoff_s``; a cap below ``backoff_s`` never shortens the first wait (the
+    result is always >= ``backoff_s``). With the default factor 1 the wait is a constant ``backoff_s``.
+    Never raises: a factor that would overflow simply reaches the cap.
     """
-    factor = float(getattr(policy, "backoff_factor", 1.0))
-    cap = float(getattr(policy, "max_backoff_s", 300.0))
-    return min(cap, policy.backoff_s * factor ** max(0, attempt))
+    base = policy.backoff_s
+    cap = max(policy.max_backoff_s, base)
+    if base <= 0:
+        return 0.0
+    try:
+        grown = base * policy.backoff_factor ** max(0, attempt)
+    except OverflowError:
+        return cap
+    return min(cap, grown)
