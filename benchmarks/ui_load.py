@@ -3,15 +3,21 @@
     .venv/bin/python benchmarks/ui_load.py [--jobs 10000] [--nodes 12500] [--requests 400] [--concurrency 4]
 
 1. Builds a SQLite job database in a temp ``TRAINFLEET_HOME`` through the store's own migrations and tables:
-   ``--jobs`` jobs (2% running, 1% pending, the rest final), each with 1-2 attempts, 2 ranks, 3 events and
-   ``--metrics-per-rank`` metric rows per rank of each attempt (rows are inserted in bulk, which the Store API
-   has no call for; the shape is what the supervisor writes). Setup time is printed, not counted.
-2. Saves a doctor JSON report of ``--nodes`` nodes (the store has no node table: the fleet page reads the
-   doctor's report) with 1-4 findings per node and about 0.2% of nodes with an ``error``.
+   ``--jobs`` jobs (2% running, 1% pending, the rest final), each with 1-2 attempts, 2 ranks, 3 events (plus
+   the failure events goodput reads, ``rank_failed``/``attempt_failed``/``resumed``/``caught_up``, for a job
+   that restarted) and ``--metrics-per-rank`` metric rows per rank of each attempt; a node history of
+   ``--nodes`` nodes (1% suspect, 0.2% quarantined, 0.5% released, 1-4 history lines each) and probe results
+   (an all-reduce row per node for 4 runs, and one 32-node pairs run whose rows carry their links). Rows are
+   inserted in bulk, which the Store API has no call for; the shape is what the supervisor and the probes
+   write. Setup time is printed, not counted.
+2. Saves a doctor JSON report of ``--nodes`` nodes with 1-4 findings per node and about 0.2% of nodes with
+   an ``error``.
 3. Starts ``trainfleet ui --port 0`` as a subprocess (the server) and, from this process, sends a bounded
    load: ``--concurrency`` keep-alive clients on loopback, ``--requests`` requests per endpoint, after a
    warm-up.
 4. Prints p50/p99/max per endpoint and PASS/FAIL against the target p99 < 200 ms; exit 0 when all pass.
+   ``/api/jobs?limit=500`` (the longest list a page may ask for, ten times the default) is measured and
+   printed for information; the target is the issue's: the default jobs list, a job, the fleet, /metrics.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TARGET_P99_MS = 200.0
+INFO_ONLY = {"/api/jobs?limit=500"}
 CHECKS = ["acs-redirect", "aer-unsupported-request", "link-downgraded", "mps-mismatch", "diff-field", "iommu"]
 
 
@@ -80,6 +87,16 @@ def build_db(home: Path, jobs: int, metrics_per_rank: int, seed: int) -> list[st
         for kind in ("attempt_started", "rank_exited", f"job_{state}"):
             event_rows.append({"job_id": jid, "ts": created + 2, "kind": kind, "message": kind, "attempt": 0,
                                "node": None, "rank": None, "data": None})
+        if restarts:
+            fault = created + 1 + metrics_per_rank
+            for kind, attempt, ts, data in (
+                    ("rank_failed", 0, fault + 0.5, {"fault_ts": fault, "detected_ts": fault + 0.5}),
+                    ("attempt_failed", 0, fault + 1.5, None),
+                    ("resumed", 1, fault + 5, {"resumed_step": 5, "lost_step": 10, "recomputed_steps": 5,
+                                               "first_report_ts": fault + 5}),
+                    ("caught_up", 1, fault + 8, {"step": 10, "recompute_s": 3.0})):
+                event_rows.append({"job_id": jid, "ts": ts, "kind": kind, "message": kind, "attempt": attempt,
+                                   "node": "1", "rank": 1, "data": data})
     with open_store(f"sqlite:///{home / 'trainfleet.db'}") as store, store.engine.begin() as conn:
         for table, rows in ((t.jobs, job_rows), (t.attempts, attempt_rows), (t.ranks, rank_rows),
                             (t.events, event_rows), (t.metrics, metric_rows)):
@@ -87,6 +104,53 @@ def build_db(home: Path, jobs: int, metrics_per_rank: int, seed: int) -> list[st
                 conn.execute(sa.insert(table), rows[k:k + 20_000])
     print(f"database: {jobs} jobs, {len(metric_rows)} metric rows, {len(event_rows)} events")
     return ids
+
+
+def build_nodes(home: Path, nodes: int, seed: int, job_ids: list[str]) -> None:
+    """The node history and probe results of ``nodes`` nodes in ``home/trainfleet.db``."""
+    import sqlalchemy as sa
+
+    from trainfleet.store import open_store
+    from trainfleet.store import schema as t
+
+    rng = random.Random(seed)
+    now = time.time()
+    node_rows, history, probes = [], [], []
+    for n in range(nodes):
+        name = f"node{n:05d}"
+        roll = rng.random()
+        state = ("quarantined" if roll < 0.002 else "suspect" if roll < 0.012 else
+                 "healthy" if roll < 0.017 else None)
+        if state is not None:
+            blames = 3 if state == "quarantined" else rng.randint(1, 2)
+            job = rng.choice(job_ids)
+            node_rows.append({"name": name, "state": state, "blames": blames, "last_reason": "rank exited 1",
+                              "last_job_id": job, "updated_at": now - rng.random() * 86400})
+            for b in range(blames):
+                history.append({"node": name, "ts": now - 3600 * (b + 1), "kind": "blamed", "job_id": job,
+                                "attempt": 0, "reason": "rank exited with code 1"})
+            if state == "quarantined":
+                history.append({"node": name, "ts": now - 60, "kind": "quarantined", "job_id": job,
+                                "attempt": 0, "reason": "blamed in 3 jobs (threshold 3)"})
+            if state == "healthy":
+                history.append({"node": name, "ts": now - 30, "kind": "released", "job_id": None,
+                                "attempt": None, "reason": "released by user"})
+        for run in range(4):
+            probes.append({"job_id": f"ar{run:06d}", "ts": now - 86400 * (4 - run), "probe": "allreduce",
+                           "backend": "slurm", "node": name, "metric": "all_reduce_busbw_gbps",
+                           "value": 180.0 + rng.random(), "verdict": "ok", "data": {"state": "succeeded"}})
+    pair_nodes = [f"node{n:05d}" for n in range(min(32, nodes))]
+    for a in pair_nodes:
+        links = {b: (3.0 if "node00003" in (a, b) else 45.0 + rng.random()) for b in pair_nodes if b != a}
+        probes.append({"job_id": "pairs001", "ts": now - 600, "probe": "pairs", "backend": "slurm", "node": a,
+                       "metric": "pair_bw_gbps", "value": statistics.median(links.values()),
+                       "verdict": "slow" if a == "node00003" else "ok", "data": {"links": links}})
+    with open_store(f"sqlite:///{home / 'trainfleet.db'}") as store, store.engine.begin() as conn:
+        for table, rows in ((t.nodes, node_rows), (t.node_events, history), (t.probe_results, probes)):
+            for k in range(0, len(rows), 20_000):
+                conn.execute(sa.insert(table), rows[k:k + 20_000])
+    print(f"node history: {len(node_rows)} nodes with a history, {len(history)} lines; "
+          f"{len(probes)} probe results")
 
 
 def save_report(home: Path, nodes: int, seed: int) -> None:
@@ -155,7 +219,7 @@ def collection_cost(home: Path, repeats: int = 20) -> list[float]:
     from trainfleet.web.metrics import registry_for
 
     with open_store(f"sqlite:///{home / 'trainfleet.db'}") as store:
-        registry = registry_for(store, FleetSource(home / "fleet" / "latest.json", home / "fleet"))
+        registry = registry_for(store, FleetSource(home / "fleet" / "latest.json"))
         out = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -182,6 +246,7 @@ def main() -> int:
         home = Path(tmp)
         t0 = time.perf_counter()
         ids = build_db(home, args.jobs, args.metrics_per_rank, args.seed)
+        build_nodes(home, args.nodes, args.seed, ids)
         save_report(home, args.nodes, args.seed)
         print(f"setup: {time.perf_counter() - t0:.1f} s (not counted)")
         cost = collection_cost(home)
@@ -193,6 +258,7 @@ def main() -> int:
             sample = rng.sample(ids, 200)
             endpoints = {
                 "/api/jobs": ["/api/jobs", "/api/jobs?state=running", "/api/jobs?state=failed"],
+                "/api/jobs?limit=500": ["/api/jobs?limit=500"],
                 "/api/jobs/{id}": [f"/api/jobs/{jid}" for jid in sample],
                 "/api/fleet": ["/api/fleet", "/api/fleet?offset=100", "/api/fleet?offset=12000"],
                 "/metrics": ["/metrics"],
@@ -202,7 +268,7 @@ def main() -> int:
             ok = True
             print(f"load: {args.concurrency} concurrent keep-alive clients on loopback, "
                   f"{args.requests} requests per endpoint")
-            print(f"{'endpoint':<16}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>8}  target p99 < "
+            print(f"{'endpoint':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>8}  target p99 < "
                   f"{TARGET_P99_MS:.0f} ms")
             for name, paths in endpoints.items():
                 t1 = time.perf_counter()
@@ -210,9 +276,12 @@ def main() -> int:
                 rate = len(lat) / (time.perf_counter() - t1)
                 p50, p99 = statistics.median(lat), pct(lat, 0.99)
                 passed = p99 < TARGET_P99_MS
-                ok &= passed
-                verdict = "PASS" if passed else "FAIL"
-                print(f"{name:<16}{p50:>9.1f}{p99:>9.1f}{max(lat):>9.1f}{rate:>8.0f}  {verdict}")
+                if name in INFO_ONLY:
+                    verdict = "info (" + ("under" if passed else "over") + " target)"
+                else:
+                    ok &= passed
+                    verdict = "PASS" if passed else "FAIL"
+                print(f"{name:<22}{p50:>9.1f}{p99:>9.1f}{max(lat):>9.1f}{rate:>8.0f}  {verdict}")
         finally:
             proc.terminate()
             proc.wait(timeout=10)

@@ -68,13 +68,13 @@ def test_dashboard_queries_run_on_postgres(pg_url: str, tmp_path) -> None:
 
     with open_store(pg_url) as store:
         job_id = store.create_job(_spec())
-        store.update_job(job_id, state=JobState.RUNNING, restarts=1)
+        store.update_job(job_id, state=JobState.RUNNING, restarts=1, started_at=time.time() - 10)
         store.add_metrics(job_id, 0, [MetricRow(0, s, float(s), {"loss": 1.0, "tokens_per_s": 5.0})
                                       for s in range(1, 11)])
         store.add_metrics(job_id, 1, [MetricRow(0, s, float(s), {"loss": 0.5}) for s in range(6, 21)])
         with TestClient(create_app(store, tmp_path, "t" * 43)) as client:
             (row,) = client.get("/api/jobs").json()["jobs"]
-            assert row["step"] == 20 and row["goodput"] == pytest.approx(20 / 25)
+            assert row["step"] == 20 and row["goodput"]["ratio"] == 1.0  # no failure event: nothing lost
             assert client.get(f"/api/jobs/{job_id}").json()["latest"]["0"]["step"] == 20
             text = client.get("/metrics").text
-            assert f'trainfleet_job_goodput_ratio{{job="{job_id}",name="pg-job"}} 0.8' in text
+            assert f'trainfleet_job_goodput_ratio{{job="{job_id}",name="pg-job"}} 1.0' in text

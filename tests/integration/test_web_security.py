@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from web_support import seed_job
+from web_support import seed_job, seed_stack_dump
 
 from trainfleet.spec.state import JobState
 from trainfleet.store import Store, open_store
@@ -49,6 +49,45 @@ def test_cancel_needs_the_right_token(env: tuple[TestClient, Store, Path, str]) 
     assert ok.status_code == 200 and ok.json() == {"id": job.id, "state": "cancelled"}
     assert store.get_job(job.id).state is JobState.CANCELLED
     assert client.get(url).status_code == 405
+
+
+def test_release_needs_the_right_token_and_a_small_body(env: tuple[TestClient, Store, Path, str]) -> None:
+    client, store, home, token = env
+    job = seed_job(store, home)
+    store.blame_node("gpu-07", job_id=job.id, attempt=0, reason="rank 1 exited with code 1")
+    url = "/api/fleet/nodes/gpu-07/release"
+    missing = client.post(url)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert client.post(url, headers={"Authorization": f"Basic {token}"}).status_code == 401
+    assert client.post(url, headers={"Authorization": "Bearer " + token[:-1] + "x"}).status_code == 403
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.post(url, content=b"x" * (MAX_BODY_BYTES + 1), headers=auth).status_code == 413
+    assert client.get(url).status_code == 405
+    assert store.node("gpu-07").state.value == "suspect"
+    assert [e.kind for e in store.node_events("gpu-07")] == ["blamed"]
+    assert client.post(url, headers=auth).json()["state"] == "healthy"
+    assert client.post("/api/fleet/nodes/..%2F..%2Fetc/release", headers=auth).status_code in (404, 422)
+
+
+def test_stack_dump_files_only_from_the_run_dir(env: tuple[TestClient, Store, Path, str]) -> None:
+    client, store, home, _ = env
+    job = seed_job(store, home, steps=3)
+    secret = home / "secret.txt"
+    secret.write_text("root:x:0:0 secret\n")
+    stacks = job.run_dir / "attempt-0" / "stacks"
+    stacks.mkdir(parents=True)
+    (stacks / "rank-3.txt").symlink_to(secret)
+    dotdot = str(stacks / ".." / ".." / ".." / ".." / "secret.txt")
+    seed_stack_dump(store, job, attempt=0, odd=1, files={2: dotdot, 3: str(stacks / "rank-3.txt"),
+                                                         4: str(secret), 5: "../../secret.txt",
+                                                         6: str(stacks)})
+    assert client.get(f"/api/jobs/{job.id}/stacks/0/1").status_code == 200  # a real dump inside the run dir
+    for rank in (2, 3, 4, 5, 6):
+        r = client.get(f"/api/jobs/{job.id}/stacks/0/{rank}")
+        assert r.status_code == 404 and "secret" not in r.text, rank
+    for path in ("0/..%2F..%2Fsecret.txt", "0/-1", "../0/1", "0/1e3", "%2e%2e/1"):
+        r = client.get(f"/api/jobs/{job.id}/stacks/{path}")
+        assert r.status_code in (404, 422) and "secret" not in r.text, path
 
 
 def test_token_never_appears_in_pages(env: tuple[TestClient, Store, Path, str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from trainfleet.backends.base import AttemptPlan
 from trainfleet.backends.netns import NetnsBackend
 from trainfleet.errors import BackendError, InputError
-from trainfleet.health.probes.records import PairRecord, parse_probe_output
+from trainfleet.health.probes.records import PairRecord, pair_matrix, parse_probe_output
 from trainfleet.health.probes.run import ProbeReport, ProbeRequest, judge, node_labels, probe_spec, relabel
 from trainfleet.health.probes.store import node_history, save_report
 from trainfleet.spec import JobSpec
@@ -94,3 +94,8 @@ def test_recorded_testbed_pairs_are_relabelled_judged_and_stored(tmp_path: Path)
         assert [(h.job_id, h.probe, h.backend, h.verdict) for h in history] == [
             ("feed0001", "pairs", "netns", "slow")]
         assert history[0].value == pytest.approx(report.node_values()["n2"][1])
+        # each row keeps the node's outgoing links, so the dashboard's matrix needs nothing but the store
+        matrix = pair_matrix(records)
+        assert history[0].data["links"] == pytest.approx({d: g for (s, d), g in matrix.items() if s == "n2"})
+        slow_link = history[0].data["links"]["n0"]
+        assert len(history[0].data["links"]) == 3 and slow_link < 0.5 * matrix[("n0", "n1")]

@@ -1,7 +1,9 @@
 """The dashboard's FastAPI app: ``create_app(store, home, token)``.
 
 Pages (``/``, ``/jobs/{id}``, ``/fleet``) and their JSON twins (``/api/...``) are built by the same
-functions in ``jobs.py`` and ``fleet.py``; ``/metrics`` is the Prometheus exposition (``metrics.py``).
+functions in ``jobs.py`` and ``fleet.py`` (stack dumps: ``stack_dumps.py``; the fleet's node history and
+probe matrix from the store: ``node_history.py``, ``probe_matrix.py``); ``/metrics`` is the Prometheus
+exposition (``metrics.py``).
 Every state-changing endpoint needs the Bearer token (``auth.py``). Request bodies over ``MAX_BODY_BYTES``
 get 413 and URLs over ``MAX_URL_BYTES`` get 414, before any route runs.
 """
@@ -82,17 +84,22 @@ def create_app(store: Store, home: str | Path, token: str, *,
 
     ``fleet_report`` is the doctor JSON the fleet page shows (default ``home/fleet/latest.json``).
     """
-    from trainfleet.web import fleet, jobs, metrics
+    from trainfleet.web import fleet, jobs, metrics, stack_dumps
+    from trainfleet.web.node_history import NodeHistorySource
+    from trainfleet.web.probe_matrix import ProbeMatrixSource
 
     app = FastAPI(title="trainfleet", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.home = Path(home)
     app.state.token = token
     app.state.fleet = fleet.FleetSource(Path(fleet_report) if fleet_report else
-                                        Path(home) / "fleet" / "latest.json", Path(home) / "fleet")
+                                        Path(home) / "fleet" / "latest.json")
+    app.state.probes = ProbeMatrixSource(store)
+    app.state.node_history = NodeHistorySource(store)
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(jobs.router)
+    app.include_router(stack_dumps.router)
     app.include_router(fleet.router)
     app.include_router(metrics.router)
     app.add_middleware(BoundedRequests)

@@ -3,17 +3,15 @@
 The report is the doctor's JSON object (``{"nodes", "findings", "headline", ...}``) saved to
 ``$TRAINFLEET_HOME/fleet/latest.json`` (or a path given to ``trainfleet ui --fleet-report``). An optional
 ``"probes"`` list of probe-worker records (``{"probe": "pair", ...}``) adds a bandwidth matrix.
-It is re-read only when the file's size or mtime changes. A node is *suspect* when the report has an
-``error`` finding on it; releasing it (``released.json`` next to the report directory's other state)
-clears that until a newer report is saved.
+It is re-read only when the file's size or mtime changes. ``error_nodes`` are the nodes with an ``error``
+finding: the doctor's verdict on the hardware, shown as such. Whether a node is suspect or quarantined,
+and releasing it, is the store's node history (``node_history.py``), not this report.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,6 @@ from trainfleet.errors import InputError
 
 SEVERITIES = ("error", "warning", "info")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
-RELEASED_FILE = "released.json"
 
 
 @dataclass
@@ -38,7 +35,7 @@ class FleetIndex:
     order: list[str]
     checks: list[str]
     severity_counts: dict[str, int]
-    suspects: list[str]
+    error_nodes: list[str]
     pairs: dict[str, Any] | None = None
     cells: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -69,10 +66,10 @@ def build_index(report: dict[str, Any], *, path: str, mtime: float) -> FleetInde
         return (min(_RANK[c["severity"]] for c in cells[node].values()), -len(by_node[node]), node)
 
     order = sorted(by_node, key=worst)
-    suspects = [n for n in order if any(f["severity"] == "error" for f in by_node[n])]
+    error_nodes = [n for n in order if any(f["severity"] == "error" for f in by_node[n])]
     return FleetIndex(path=path, mtime=mtime, nodes=report["nodes"], headline=str(report.get("headline", "")),
                       by_node=dict(by_node), order=order, checks=sorted(checks),
-                      severity_counts={s: counts.get(s, 0) for s in SEVERITIES}, suspects=suspects,
+                      severity_counts={s: counts.get(s, 0) for s in SEVERITIES}, error_nodes=error_nodes,
                       pairs=_pairs(report.get("probes"), path), cells=dict(cells))
 
 
@@ -94,11 +91,10 @@ def _pairs(probes: Any, path: str) -> dict[str, Any] | None:
 
 
 class FleetSource:
-    """The report file and the release records, loaded lazily and cached until the file changes."""
+    """The report file, loaded lazily and cached until the file changes."""
 
-    def __init__(self, report: Path, state_dir: Path) -> None:
+    def __init__(self, report: Path) -> None:
         self.report = report
-        self.state_dir = state_dir
         self._lock = threading.Lock()
         self._key: tuple[int, int] | None = None
         self._index: FleetIndex | None = None
@@ -123,34 +119,3 @@ class FleetSource:
                 self._index = build_index(report, path=str(self.report), mtime=st.st_mtime)
                 self._key = key
             return self._index
-
-    def releases(self) -> dict[str, float]:
-        """``{node: released_at}`` of every release recorded."""
-        path = self.state_dir / RELEASED_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read node releases: {exc}", path=str(path)) from None
-        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-    def release(self, node: str) -> float:
-        """Record that ``node`` was checked and released now; returns the time recorded."""
-        with self._lock:
-            released = self.releases()
-            now = time.time()
-            released[node] = now
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_dir / f".{RELEASED_FILE}.{os.getpid()}"
-            tmp.write_text(json.dumps(released, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.state_dir / RELEASED_FILE)
-            return now
-
-    def suspects(self, index: FleetIndex | None = None) -> list[str]:
-        """Nodes with an error finding in the report that were not released since it was saved."""
-        index = index or self.index()
-        if index is None:
-            return []
-        released = self.releases()
-        return [n for n in index.suspects if released.get(n, 0.0) < index.mtime]

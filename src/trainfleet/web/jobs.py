@@ -1,5 +1,7 @@
 """Jobs pages and their JSON twins: the list, one job, its metric curves, its logs, and cancel.
 
+Goodput is ``status --json``'s own (``supervise.goodput``), for one job or every listed job at once.
+
 Each ``*_doc`` function builds the JSON document; the API route returns it and the page route renders a
 template from the very same document. Log files are found from the job's ``run_dir`` in the store and the
 rank number (an integer), never from a path in the request.
@@ -22,6 +24,7 @@ from trainfleet.store.status import job_status, job_summary
 from trainfleet.web import queries
 from trainfleet.web.app import json_doc, render
 from trainfleet.web.auth import require_token
+from trainfleet.web.stack_dumps import stack_dumps_of
 
 router = APIRouter()
 
@@ -37,27 +40,33 @@ def _store(request: Request) -> Store:
 
 
 def jobs_doc(store: Store, *, state: JobState | None = None, limit: int = 50) -> dict[str, Any]:
-    """``{"jobs": [summary + goodput + throughput], "counts": {state: n}, "state": filter or None}``."""
+    """``{"jobs": [summary + goodput + throughput], "counts": {state: n}, "state": filter or None}``.
+
+    ``goodput`` is the object ``trainfleet status --json`` shows (``supervise.goodput``), the events of
+    every listed job read in one query.
+    """
     records = store.list_jobs(limit=limit, state=state)
     ids = [j.id for j in records]
     latest = queries.latest_for_jobs(store, ids)
-    goodput = queries.goodput_for_jobs(store, ids)
     now = time.time()
+    goodput = queries.goodput_for_jobs(
+        store, [queries.JobTimes(j.id, j.started_at, j.ended_at) for j in records], now=now)
     rows = []
     for job in records:
         doc = job_summary(job, latest.get(job.id, {}), now=now)
-        doc["goodput"] = goodput.get(job.id)
+        doc["goodput"] = goodput[job.id]
         doc["throughput"] = queries.throughput(latest.get(job.id, {}))
         rows.append(doc)
     return {"jobs": rows, "counts": queries.counts_by_state(store), "state": state.value if state else None}
 
 
 def job_doc(store: Store, job_id: str) -> dict[str, Any]:
-    """``trainfleet status --json`` of one job, plus ``goodput`` and ``throughput``."""
+    """``trainfleet status --json`` of one job (its ``goodput`` included, unchanged), plus ``throughput``
+    and ``stacks`` with each dump file's rank marked odd or not."""
     doc = job_status(store, job_id)
-    doc["goodput"] = queries.goodput_for_jobs(store, [doc["id"]]).get(doc["id"])
     latest = queries.latest_for_jobs(store, [doc["id"]]).get(doc["id"], {})
     doc["throughput"] = queries.throughput(latest)
+    doc["stack_dumps"] = stack_dumps_of(store, doc["id"])
     return doc
 
 

@@ -5,11 +5,16 @@ reading (several Prometheus replicas, or a dashboard tab, then cost the database
 
     trainfleet_jobs{state}                     jobs in each state
     trainfleet_job_restarts{job,name}          restarts so far         } per job not yet final
-    trainfleet_job_goodput_ratio{job,name}     step goodput (0..1)     } (pending or running;
+    trainfleet_job_goodput_ratio{job,name}     goodput ratio (0..1)    } (pending or running;
     trainfleet_job_step{job,name}              slowest rank's step     }  at most ACTIVE_MAX jobs)
     trainfleet_job_throughput{job,name}        rank 0's tokens/samples per second
-    trainfleet_suspect_nodes                   nodes with an error finding, not released
+    trainfleet_suspect_nodes                   nodes suspect or quarantined in the node history
+    trainfleet_nodes{state}                    nodes with a history, by state (healthy/suspect/quarantined)
     trainfleet_doctor_findings{severity}       findings of the latest doctor report
+
+The goodput ratio is ``status --json``'s ``goodput.ratio`` (``supervise.goodput.compute``). Gauges of a
+count carry no unit suffix and no ``_total`` (that suffix is for counters), as the Prometheus naming
+guide asks.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from trainfleet.store import Store
 from trainfleet.store.status import progress
-from trainfleet.web import queries
+from trainfleet.web import node_history, queries
 from trainfleet.web.fleet_report import SEVERITIES, FleetSource
 
 router = APIRouter()
@@ -48,11 +53,17 @@ class StoreCollector(Collector):
             jobs.add_metric([state], n)
         yield jobs
         yield from self._per_job()
-        index = self.fleet.index()
+        counts = node_history.node_counts(self.store)
         suspects = GaugeMetricFamily("trainfleet_suspect_nodes",
-                                     "Nodes with an error finding in the latest doctor report, not released.")
-        suspects.add_metric([], len(self.fleet.suspects(index)))
+                                     "Nodes suspect or quarantined in the node history (not released).")
+        suspects.add_metric([], sum(counts[s] for s in node_history.FLAGGED))
         yield suspects
+        nodes = GaugeMetricFamily("trainfleet_nodes", "Nodes with a failure history, by state.",
+                                  labels=["state"])
+        for state, n in counts.items():
+            nodes.add_metric([state], n)
+        yield nodes
+        index = self.fleet.index()
         findings = GaugeMetricFamily("trainfleet_doctor_findings",
                                      "Findings of the latest doctor report by severity.", labels=["severity"])
         for sev in SEVERITIES:
@@ -63,7 +74,8 @@ class StoreCollector(Collector):
         labels = ["job", "name"]
         restarts = GaugeMetricFamily("trainfleet_job_restarts", "Restarts of the job so far.", labels=labels)
         goodput = GaugeMetricFamily("trainfleet_job_goodput_ratio",
-                                    "Share of executed steps not lost to restarts (rank 0).", labels=labels)
+                                    "Share of wall time not lost to failures (status --json goodput.ratio).",
+                                    labels=labels)
         step = GaugeMetricFamily("trainfleet_job_step", "Step every rank has reached.", labels=labels)
         rate = GaugeMetricFamily("trainfleet_job_throughput",
                                  "Rank 0's reported throughput (tokens_per_s, samples_per_s or throughput).",
@@ -71,12 +83,15 @@ class StoreCollector(Collector):
         active = queries.active_jobs(self.store, limit=ACTIVE_MAX)
         ids = [j["id"] for j in active]
         latest = queries.latest_for_jobs(self.store, ids)
-        goodputs = queries.goodput_for_jobs(self.store, ids)
+        goodputs = queries.goodput_for_jobs(
+            self.store, [queries.JobTimes(j["id"], j["started_at"], j["ended_at"]) for j in active],
+            now=time.time())
         for job in active:
             key = [job["id"], job["name"]]
             restarts.add_metric(key, job["restarts"])
-            if job["id"] in goodputs:
-                goodput.add_metric(key, goodputs[job["id"]])
+            ratio = queries.goodput_ratio(goodputs.get(job["id"]))
+            if ratio is not None:
+                goodput.add_metric(key, ratio)
             rows = latest.get(job["id"], {})
             reached, _loss = progress(rows)
             if reached is not None:

@@ -1,15 +1,15 @@
 """Read-only batch queries the dashboard needs beyond the Store API (one query for many jobs, not one each).
 
-Portable SQLAlchemy Core over the store's tables; nothing here writes. ``step goodput`` is defined here:
-the share of executed training steps that were not thrown away by a restart,
-``(last step reached - first step + 1) / sum over attempts of (steps that attempt executed)``, read from
-rank 0's reported metrics; 1.0 for a job that never repeated a step, None before any report.
+Portable SQLAlchemy Core over the store's tables; nothing here writes. Goodput has one definition,
+``trainfleet.supervise.goodput.compute`` (what ``trainfleet status`` prints): ``goodput_for_jobs`` only
+loads the events it reads for many jobs in one query and hands each job's to it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,10 @@ from trainfleet.spec.state import JobState
 from trainfleet.store import MetricRow, Store
 from trainfleet.store import schema as t
 from trainfleet.store.db import run_read
+from trainfleet.supervise.goodput import FAILURE_KINDS
+from trainfleet.supervise.goodput import compute as compute_goodput
+
+ATTEMPT_END_KINDS = ("attempt_failed", "attempt_cancelled", "attempt_succeeded")
 
 THROUGHPUT_KEYS = ("tokens_per_s", "samples_per_s", "throughput")
 
@@ -41,25 +45,36 @@ def latest_for_jobs(store: Store, job_ids: Sequence[str]) -> dict[str, dict[int,
     return dict(out)
 
 
-def goodput_for_jobs(store: Store, job_ids: Sequence[str]) -> dict[str, float]:
-    """Step goodput (see the module docstring) of each job that has rank-0 metrics."""
-    if not job_ids:
+GOODPUT_KINDS = (*FAILURE_KINDS, *ATTEMPT_END_KINDS, "resumed", "caught_up")
+
+
+@dataclass(frozen=True)
+class JobTimes:
+    """What goodput needs of a job besides its events: its id and when it started and ended."""
+
+    id: str
+    started_at: float | None
+    ended_at: float | None
+
+
+def goodput_for_jobs(store: Store, jobs: Sequence[JobTimes], *, now: float) -> dict[str, dict[str, Any]]:
+    """The ``goodput`` object of ``trainfleet status --json`` for each job, the events of all of them read
+    in one query (only the kinds ``goodput.compute`` reads, in the order they were added)."""
+    if not jobs:
         return {}
-    m = t.metrics
-    query = (sa.select(m.c.job_id, m.c.attempt, sa.func.min(m.c.step).label("lo"),
-                       sa.func.max(m.c.step).label("hi"))
-             .where(m.c.job_id.in_(list(job_ids)), m.c.rank == 0).group_by(m.c.job_id, m.c.attempt))
-    spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    e = t.events
+    query = (sa.select(e.c.job_id, e.c.kind, e.c.ts, e.c.attempt, e.c.data)
+             .where(e.c.job_id.in_([j.id for j in jobs]), e.c.kind.in_(GOODPUT_KINDS)).order_by(e.c.id))
+    events: dict[str, list[Any]] = defaultdict(list)
     for r in run_read(store.engine, lambda c: c.execute(query).all()):
-        spans[r.job_id].append((int(r.lo), int(r.hi)))
-    return {job: step_goodput(s) for job, s in spans.items()}
+        events[r.job_id].append(r)
+    return {j.id: compute_goodput(events.get(j.id, []), started_at=j.started_at, ended_at=j.ended_at,
+                                  now=now).to_dict() for j in jobs}
 
 
-def step_goodput(spans: Sequence[tuple[int, int]]) -> float:
-    """Useful / executed steps for per-attempt ``(first step, last step)`` spans."""
-    executed = sum(hi - lo + 1 for lo, hi in spans)
-    useful = max(hi for _, hi in spans) - min(lo for lo, _ in spans) + 1
-    return min(1.0, useful / executed) if executed > 0 else 1.0
+def goodput_ratio(goodput: dict[str, Any] | None) -> float | None:
+    """The ``ratio`` of a goodput object (None when the job has not started)."""
+    return None if goodput is None else goodput.get("ratio")
 
 
 def throughput(latest: dict[int, MetricRow]) -> float | None:
@@ -84,10 +99,12 @@ def counts_by_state(store: Store) -> dict[str, int]:
 
 
 def active_jobs(store: Store, *, limit: int) -> list[dict[str, Any]]:
-    """Jobs not yet final (pending or running): ``{id, name, state, restarts}``, newest first."""
+    """Jobs not yet final (pending or running): ``{id, name, state, restarts, started_at, ended_at}``,
+    newest first."""
     j = t.jobs
     live = [s.value for s in JobState if not s.is_terminal]
-    query = (sa.select(j.c.id, j.c.name, j.c.state, j.c.restarts).where(j.c.state.in_(live))
+    query = (sa.select(j.c.id, j.c.name, j.c.state, j.c.restarts, j.c.started_at, j.c.ended_at)
+             .where(j.c.state.in_(live))
              .order_by(j.c.created_at.desc()).limit(limit))
 
     def read(conn: Connection) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ rows back in time order shows it getting worse (``node_history``).
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from trainfleet.health.probes.records import pair_matrix
 from trainfleet.store import schema as t
 from trainfleet.store.db import run_read, run_write
 
@@ -61,10 +63,19 @@ def rows_of(report: ProbeReport, *, ts: float | None = None) -> list[ProbeResult
         if f.kind == "group":
             blamed.update(f.subject.split(","))
     now = time.time() if ts is None else ts
+    links: dict[str, dict[str, float]] = defaultdict(dict)  # pairs: each node's outgoing GB/s by peer
+    if report.kind == "pairs":
+        for (src, dst), gbps in pair_matrix(report.records).items():
+            if src != dst:
+                links[src][dst] = gbps
+
+    def data(node: str) -> dict[str, Any]:
+        extra = {"links": links.get(node, {})} if report.kind == "pairs" else {}
+        return {"state": report.state, "nodes": len(set(report.nodes)), **extra}
+
     return [
         ProbeResultRow(job_id=report.job_id, ts=now, probe=report.kind, backend=report.backend, node=node,
-                       metric=metric, value=value, verdict=SLOW if node in blamed else OK,
-                       data={"state": report.state, "nodes": len(set(report.nodes))})
+                       metric=metric, value=value, verdict=SLOW if node in blamed else OK, data=data(node))
         for node, (metric, value) in sorted(report.node_values().items())
     ]
 

@@ -27,3 +27,20 @@ function tfEl(tag, text, cls) {
 }
 function tfFmt(v, digits) { return v === null || v === undefined ? "-" : Number(v).toFixed(digits); }
 function tfAgo(ts) { if (!ts) return "-"; const s = Date.now() / 1000 - ts; return s < 120 ? Math.round(s) + " s ago" : s < 7200 ? Math.round(s / 60) + " min ago" : Math.round(s / 3600) + " h ago"; }
+// The header's token form: keep the token for this tab (state-changing buttons send it as a Bearer token).
+function tfShowToken() {
+  const e = document.getElementById("token-state");
+  if (e) e.textContent = tfToken() ? "token set" : "no token";
+}
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.getElementById("token-form");
+  if (!form) return;
+  form.addEventListener("submit", ev => {
+    ev.preventDefault();
+    const input = document.getElementById("token-input");
+    sessionStorage.setItem("trainfleet-token", input.value.trim());
+    input.value = "";
+    tfShowToken();
+  });
+  tfShowToken();
+});

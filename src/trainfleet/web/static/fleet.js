@@ -1,9 +1,10 @@
-// Fleet page: click a heat map cell to see that node's findings and evidence; release a suspect node.
+// Fleet page: click a heat map cell to see that node's findings and evidence; release a node (token needed).
 "use strict";
 async function showNode(node, check) {
   const doc = await tfGet("/api/fleet/nodes/" + encodeURIComponent(node));
   const panel = document.getElementById("evidence");
-  panel.replaceChildren(tfEl("h2", node + (doc.suspect ? " (suspect)" : "")));
+  const state = doc.history ? " (" + doc.history.state + ", blamed " + doc.history.blames + "x)" : "";
+  panel.replaceChildren(tfEl("h2", node + state));
   for (const f of doc.findings) {
     if (check && f.check !== check) continue;
     const d = tfEl("div", null, "card");
@@ -19,5 +20,12 @@ document.querySelectorAll("td.cell[data-node]").forEach(td =>
   td.addEventListener("click", () => showNode(td.dataset.node, td.dataset.check)));
 document.querySelectorAll("button.release").forEach(b => b.addEventListener("click", async () => {
   const r = await tfPost("/api/fleet/nodes/" + encodeURIComponent(b.dataset.node) + "/release");
-  b.nextElementSibling.textContent = r.status === 200 ? "released" : "refused (" + r.status + "): " + (r.body.detail || "");
+  b.nextElementSibling.textContent = r.status === 200 ? "released (" + r.body.was + " -> " + r.body.state + ")"
+    : "refused (" + r.status + "): " + (r.body.detail || "");
+  if (r.status === 200) {
+    const row = b.closest("tr");
+    row.className = "node-" + r.body.state;
+    row.querySelector(".node-state").textContent = r.body.state;
+    b.disabled = true;
+  }
 }));

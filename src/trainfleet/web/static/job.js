@@ -20,6 +20,7 @@ async function refreshMetrics() {
   lossChart.setSeries(series(points.loss));
   tputChart.setSeries(series(points.tput));
   document.getElementById("loss-chart").dataset.points = lossChart.pointCount();
+  document.getElementById("tput-chart").dataset.points = tputChart.pointCount();
 }
 function fillRanks(ranks) {
   const body = document.getElementById("ranks-body");
@@ -43,15 +44,76 @@ function fillAttempts(attempts) {
     return tr;
   }));
 }
+// The attempts as bars on one time axis (width = run time), coloured by state, cause in the tooltip.
+function fillTimeline(attempts, now) {
+  const box = document.getElementById("timeline");
+  const spans = attempts.filter(a => a.started_at).map(a => [a, a.started_at, a.ended_at || now]);
+  if (!spans.length) { box.replaceChildren(); return; }
+  const t0 = Math.min(...spans.map(s => s[1])), t1 = Math.max(...spans.map(s => s[2]));
+  const total = Math.max(t1 - t0, 1e-3);
+  box.replaceChildren(...spans.map(([a, start, end]) => {
+    const bar = tfEl("div", "attempt " + a.attempt + ": " + a.state, "bar state-" + a.state);
+    bar.style.left = (100 * (start - t0) / total) + "%";
+    bar.style.width = Math.max(0.5, 100 * (end - start) / total) + "%";
+    bar.title = "attempt " + a.attempt + " " + a.state + ", " + (end - start).toFixed(1) + " s" + (a.reason ? ": " + a.reason : "");
+    bar.dataset.attempt = a.attempt;
+    return bar;
+  }));
+}
+function fillStory(lines) {
+  document.getElementById("story").replaceChildren(...lines.map(l => tfEl("li", l)));
+}
+function fillStacks(dumps) {
+  const box = document.getElementById("stacks"), text = document.getElementById("stack-text");
+  if (!dumps.length) return;
+  const cards = dumps.map(d => {
+    const card = tfEl("div", "attempt " + d.attempt + ": " + d.message, "card stack-dump");
+    card.dataset.attempt = d.attempt;
+    card.appendChild(document.createElement("br"));
+    for (const f of d.files) {
+      const b = tfEl("button", "rank " + f.rank + (f.odd ? " (odd one out)" : ""), "stack-rank" + (f.odd ? " odd" : ""));
+      b.dataset.url = f.url; b.dataset.rank = f.rank;
+      card.appendChild(b);
+    }
+    return card;
+  });
+  box.replaceChildren(...cards, text);
+}
+async function showStack(button) {
+  const text = document.getElementById("stack-text");
+  text.hidden = false;
+  try {
+    const doc = await tfGet(button.dataset.url);
+    text.className = "logs" + (doc.odd ? " odd" : "");
+    text.textContent = "rank " + doc.rank + " attempt " + doc.attempt + (doc.odd ? " (odd rank out)" : "") + "\n" + doc.text
+      + (doc.truncated ? "\n[cut]" : "");
+  } catch (e) { text.textContent = String(e); }
+}
+function fillEvents(events) {
+  document.getElementById("events-body").replaceChildren(...events.map(e => {
+    const tr = document.createElement("tr");
+    tr.dataset.kind = e.kind;
+    for (const v of [new Date(e.ts * 1000).toLocaleTimeString(), e.kind, e.attempt, e.node, e.rank, e.message]) {
+      tr.appendChild(tfEl("td", v === null || v === undefined ? "" : v));
+    }
+    return tr;
+  }));
+}
+let lastStacks = -1;
 async function refreshStatus() {
   const doc = await tfGet("/api/jobs/" + JOB_ID);
   const st = document.getElementById("job-state");
   st.textContent = doc.state; st.className = "state state-" + doc.state;
   document.getElementById("job-restarts").textContent = doc.restarts;
   document.getElementById("job-step").textContent = doc.step === null ? "-" : doc.step;
-  document.getElementById("job-goodput").textContent = doc.goodput === null ? "-" : (100 * doc.goodput).toFixed(1) + " %";
+  const g = doc.goodput || {};
+  document.getElementById("job-goodput").textContent = g.ratio === null || g.ratio === undefined ? "-" : (100 * g.ratio).toFixed(1) + " %";
+  document.getElementById("job-lost").textContent = g.failures ? "lost: " + Object.entries(g.lost_s).map(([k, v]) => k + " " + v.toFixed(1) + " s").join(", ") : "";
+  document.getElementById("job-tput").textContent = tfFmt(doc.throughput, 0);
   document.getElementById("job-reason").textContent = doc.reason || "";
-  fillRanks(doc.ranks); fillAttempts(doc.attempts);
+  fillRanks(doc.ranks); fillAttempts(doc.attempts); fillTimeline(doc.attempts, Date.now() / 1000); fillStory(doc.story || []);
+  fillEvents(doc.events || []);
+  if ((doc.stack_dumps || []).length !== lastStacks) { lastStacks = doc.stack_dumps.length; fillStacks(doc.stack_dumps); }
   return doc;
 }
 async function refreshLogs() {
@@ -72,6 +134,10 @@ async function tick() {
   if (!doc || !["succeeded", "failed", "cancelled"].includes(doc.state)) setTimeout(tick, POLL_MS);
 }
 document.getElementById("log-rank").addEventListener("change", () => refreshLogs());
+document.getElementById("stacks").addEventListener("click", ev => {
+  const b = ev.target.closest("button.stack-rank");
+  if (b) showStack(b);
+});
 document.getElementById("cancel").addEventListener("click", async () => {
   const msg = document.getElementById("cancel-msg");
   msg.textContent = "cancelling...";
@@ -79,10 +145,5 @@ document.getElementById("cancel").addEventListener("click", async () => {
   msg.textContent = r.status === 200 ? "cancelled: " + r.body.state
     : "refused (" + r.status + "): " + (r.body.detail || "");
   refreshStatus();
-});
-document.getElementById("token-form").addEventListener("submit", ev => {
-  ev.preventDefault();
-  sessionStorage.setItem("trainfleet-token", document.getElementById("token-input").value.trim());
-  document.getElementById("token-input").value = "";
 });
 tick();

@@ -8,7 +8,8 @@ function jobRow(j) {
   tr.appendChild(tfEl("td", j.name));
   const st = document.createElement("td"); st.appendChild(tfEl("span", j.state, "state state-" + j.state)); tr.appendChild(st);
   tr.appendChild(tfEl("td", j.restarts));
-  tr.appendChild(tfEl("td", j.goodput === null ? "-" : (100 * j.goodput).toFixed(1) + " %"));
+  const ratio = j.goodput ? j.goodput.ratio : null;
+  tr.appendChild(tfEl("td", ratio === null || ratio === undefined ? "-" : (100 * ratio).toFixed(1) + " %"));
   tr.appendChild(tfEl("td", j.step === null ? "-" : j.step));
   tr.appendChild(tfEl("td", tfFmt(j.loss, 4)));
   tr.appendChild(tfEl("td", tfFmt(j.throughput, 0)));
