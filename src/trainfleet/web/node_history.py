@@ -20,6 +20,7 @@ from trainfleet.store import Store
 from trainfleet.store import schema as t
 from trainfleet.store.db import run_read
 from trainfleet.store.nodes import NodeState
+from trainfleet.web.queries import counts_by_state
 
 FLAGGED = (NodeState.SUSPECT.value, NodeState.QUARANTINED.value)
 FLAGGED_MAX = 200
@@ -48,11 +49,7 @@ class NodeHistorySource:
 
 def node_counts(store: Store) -> dict[str, int]:
     """How many nodes with a history are in each state (every state present, zero when none)."""
-    query = sa.select(t.nodes.c.state, sa.func.count()).group_by(t.nodes.c.state)
-    counts = {s.value: 0 for s in NodeState}
-    for state, n in run_read(store.engine, lambda c: c.execute(query).all()):
-        counts[state] = int(n)
-    return counts
+    return counts_by_state(store, t.nodes, NodeState)
 
 
 def flagged_nodes(store: Store, *, limit: int = FLAGGED_MAX,

@@ -8,8 +8,9 @@ loads the events it reads for many jobs in one query and hands each job's to it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,10 +90,11 @@ def throughput(latest: dict[int, MetricRow]) -> float | None:
     return None
 
 
-def counts_by_state(store: Store) -> dict[str, int]:
-    """How many jobs are in each state (every state present, zero when none)."""
-    query = sa.select(t.jobs.c.state, sa.func.count()).group_by(t.jobs.c.state)
-    counts = {s.value: 0 for s in JobState}
+def counts_by_state(store: Store, table: sa.Table = t.jobs,
+                    states: Iterable[StrEnum] = JobState) -> dict[str, int]:
+    """How many rows of ``table`` (jobs, or nodes) are in each of ``states`` (all present, zero when none)."""
+    query = sa.select(table.c.state, sa.func.count()).group_by(table.c.state)
+    counts = {s.value: 0 for s in states}
     for state, n in run_read(store.engine, lambda c: c.execute(query).all()):
         counts[state] = int(n)
     return counts
