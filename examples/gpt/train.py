@@ -6,6 +6,11 @@ Rank 0 checkpoints every ``--ckpt-every`` steps into ``--ckpt-dir`` or ``$TRAINF
 and a restarted job resumes from the newest checkpoint that verifies. Progress goes to
 ``trainfleet.report`` every step (a no-op outside trainfleet or where trainfleet is not installed).
 
+Preemption / time-limit notice: the checkpoint signal (``$TRAINFLEET_CHECKPOINT_SIGNAL``, SIGUSR2 by default;
+trainfleet's agent sends it when Slurm warns that the job will be stopped) makes the ranks save a checkpoint
+at the end of the current step. Any rank may get it first: every step the ranks agree on it (one tiny
+all-reduce), so all of them act at the same step and rank 0 saves.
+
     OMP_NUM_THREADS=1 torchrun --nproc-per-node 2 examples/gpt/train.py --steps 400
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -76,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hang-at-step", type=int, default=None, help="sleep forever when step N is about to run")
     p.add_argument("--hang-rank", type=int, default=0)
     p.add_argument("--hang-attempt", type=int, default=0)
+    p.add_argument("--step-sleep-s", type=float, default=0.0, help="pause after each step (pace a demo/test)")
     args = p.parse_args(argv)
     for name in (
         "steps",
@@ -192,6 +199,32 @@ def load_reporter() -> Callable[..., None]:
             print(f"trainfleet.report disabled: {exc}", file=sys.stderr, flush=True)
 
     return safe_report
+
+
+# ------------------------------------------------------------------------------------- preemption notice
+class PreemptionNotice:
+    """Catches the checkpoint signal (``$TRAINFLEET_CHECKPOINT_SIGNAL``, default SIGUSR2) in this rank;
+    ``agreed`` tells every rank, at the same step, whether any of them got it since the last time."""
+
+    def __init__(self) -> None:
+        name = os.environ.get("TRAINFLEET_CHECKPOINT_SIGNAL", "SIGUSR2")
+        self.signal = getattr(signal, name, signal.SIGUSR2)
+        self.pending = False
+        signal.signal(self.signal, self._caught)
+
+    def _caught(self, _signum: int, _frame: object) -> None:
+        self.pending = True  # acted on at the end of the step (never inside a collective)
+
+    def agreed(self, d: Dist) -> bool:
+        """True on every rank when any rank got the signal; clears it. A collective: all ranks call it."""
+        got = self.pending
+        if d.active:
+            flag = torch.tensor([1 if got else 0], dtype=torch.int32, device=d.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            got = bool(flag.item())
+        if got:
+            self.pending = False
+        return got
 
 
 # --------------------------------------------------------------------------------------------------- faults
@@ -348,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(ckpt_dir, step, state, keep=args.ckpt_keep)
 
     tokens_per_step = args.batch_size * args.block_size
+    notice = PreemptionNotice()
     window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
     for step in range(start + 1, args.steps + 1):
         maybe_inject_fault(args, step, d.rank)
@@ -373,8 +407,14 @@ def main(argv: list[str] | None = None) -> int:
             window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
         elif d.is_main and "val_loss" in metrics:
             print(f"eval step {step} val_loss {metrics['val_loss']:.3f}", flush=True)
-        if (args.ckpt_every and step % args.ckpt_every == 0) or last:
+        if notice.agreed(d):
             save(step)
+            if d.is_main:
+                print(f"checkpoint on preemption notice at step {step}", flush=True)
+        elif (args.ckpt_every and step % args.ckpt_every == 0) or last:
+            save(step)
+        if args.step_sleep_s > 0:
+            time.sleep(args.step_sleep_s)
     if start >= args.steps and d.is_main:
         print(f"nothing to do: already at step {start} of {args.steps}", flush=True)
     if args.sample_chars and d.is_main:

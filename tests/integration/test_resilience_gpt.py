@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_resilience_faults import events, finished, home, job_pids, status, tf, wait_for
+from job_helpers import events, job_pids, status, tf, wait_for
+from job_helpers import wait_final as finished
+from test_resilience_faults import home
 
 REPO = Path(__file__).parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.torch, pytest.mark.timeout(150)]

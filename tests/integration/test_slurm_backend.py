@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -29,6 +31,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 TRAINFLEET = Path(sys.executable).parent / "trainfleet"
 FIXTURES = REPO / "tests" / "fixtures" / "jobs"
+LSPCI = REPO / "tests" / "fixtures" / "lspci"
+# 04: NICs trained at x1 of x2 (doctor: link-width warnings); 08: a clean ConnectX-7 capture
+NARROW = LSPCI / "04_dell-broadwell-2xp100pcie-nvme_vvv.txt"
+CLEAN = LSPCI / "08_lenovo-sd665n-v3-4xh100sxm-cx7-4chip-mezz_vvv-cx7-only.txt"
 TRAIN = REPO / "examples" / "gpt" / "train.py"
 TINY = [
     "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
@@ -36,6 +42,7 @@ TINY = [
     "--pg-timeout-s", "30",
 ]  # fmt: skip
 STEP_LINE = re.compile(r"Z step (\d+) loss ([0-9.]+)", re.M)
+NOTICE_LINE = re.compile(r"checkpoint on preemption notice at step (\d+)")
 
 
 def clean_env(home: Path) -> dict[str, str]:
@@ -53,10 +60,10 @@ def write_spec(path: Path, **fields: object) -> Path:
     return path
 
 
-def trainfleet(home: Path, *args: str, timeout_s: float = 120, cwd: Path = REPO
-               ) -> subprocess.CompletedProcess:
-    return subprocess.run([str(TRAINFLEET), *args], cwd=cwd, env=clean_env(home), capture_output=True,
-                          text=True, timeout=timeout_s, check=False)
+def trainfleet(home: Path, *args: str, timeout_s: float = 120, cwd: Path = REPO,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TRAINFLEET), *args], cwd=cwd, env=clean_env(home) | (env or {}),
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
 def status(home: Path, job_id: str) -> dict:
@@ -93,6 +100,21 @@ def survivors(job_id: str, slurm_ids: set[int]) -> list[str]:
     return out
 
 
+def events(doc: dict, kind: str) -> list[dict]:
+    return [e for e in doc["events"] if e["kind"] == kind]
+
+
+def node_history(home: Path) -> list[tuple[str, str]]:
+    done = trainfleet(home, "nodes", "--json", timeout_s=30)
+    assert done.returncode == 0, done.stderr
+    return [(node["name"], node["state"]) for node in json.loads(done.stdout)]
+
+
+def slurm(*argv: str) -> None:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr}"
+
+
 def wait_for(what: str, check, timeout_s: float = 60):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while not (value := check()):
@@ -121,7 +143,7 @@ def test_gpt_demo_trains_across_two_slurm_nodes(slurm_cluster: SlurmCluster, tmp
     assert (slurm.native_state, slurm.exit_code) == ("COMPLETED", 0)
     assert len(set(slurm.nodes)) == 2
     script = (run_dir / "attempt-0" / "job.sbatch").read_text()
-    assert "#SBATCH --nodes=2\n" in script and "#SBATCH --requeue\n" in script
+    assert "#SBATCH --nodes=2\n" in script and "#SBATCH --no-requeue\n" in script
 
 
 @pytest.mark.timeout(150)
@@ -144,10 +166,35 @@ def test_cancel_leaves_no_process_on_any_node(slurm_cluster: SlurmCluster, tmp_p
     assert cancelled.returncode == 0, cancelled.stderr
     assert status(home, job_id)["state"] == "cancelled"
     final = slurm_cluster.job(slurm.job_id)
-    # The agents stop their ranks when told to and exit 1, so Slurm may see the script fail (FAILED) before
-    # scancel lands (CANCELLED); either way the job is over on every node.
-    assert final.native_state in ("CANCELLED", "FAILED") and final.state.is_terminal
+    # The supervisor runs scancel before it tells the agents to stop: Slurm's own record says CANCELLED.
+    assert final.native_state == "CANCELLED" and final.state is JobState.CANCELLED
     assert survivors(job_id, {slurm.job_id}) == []
+
+
+@pytest.mark.timeout(120)
+def test_scancel_outside_trainfleet_cancels_the_job_without_blame(slurm_cluster: SlurmCluster,
+                                                                  tmp_path: Path) -> None:
+    """An admin's (or the user's own) ``scancel`` of the Slurm job: the ranks die of SIGTERM, but Slurm says
+    CANCELLED and trainfleet did not ask for it, so the job is cancelled: no restart, no node blamed."""
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path / "sleep.yaml", name="scancelled", workdir=str(tmp_path),
+                      command=[sys.executable, str(FIXTURES / "sleeper.py")],
+                      restart={"max_restarts": 2, "backoff_s": 0})
+    started = trainfleet(home, "run", str(spec), "--detach", timeout_s=30)
+    assert started.returncode == 0, started.stderr
+    job_id = started.stdout.strip()
+    run_dir = home / "runs" / job_id
+    wait_for("2 ready ranks", lambda: sum("ready rank=" in p.read_text()
+                                          for p in run_dir.glob("attempt-0/node-*/rank-*.out")) == 2)
+    slurm_id = slurm_job_of(slurm_cluster, job_id, 0).job_id
+    slurm("scancel", str(slurm_id))
+    final = wait_for("the job to end", lambda: (s := status(home, job_id))["state"] in
+                     ("succeeded", "failed", "cancelled") and s, 60)
+    assert final["state"] == "cancelled" and final["restarts"] == 0, final.get("reason")
+    assert final["reason"] == "cancelled in slurm outside trainfleet (CANCELLED)"
+    assert not [e for e in final["events"] if e["kind"].startswith("node_")] and node_history(home) == []
+    assert slurm_cluster.job(slurm_id).native_state == "CANCELLED"
+    assert survivors(job_id, {slurm_id}) == []
 
 
 @pytest.mark.timeout(200)
@@ -179,6 +226,16 @@ def test_killed_rank_resumes_with_its_node_excluded(slurm_cluster: SlurmCluster,
     assert second.excluded_nodes == (victim_node,) and victim_node not in second.nodes
     assert second.native_state == "COMPLETED"
     assert "resumed from step 4" in (run_dir / "attempt-1" / "node-0" / "rank-0.out").read_text()
+    # Every record names Slurm's nodes: the failure, the blame, the placements, the ranks, the node history.
+    failure = events(final, "rank_failed")[0]
+    assert failure["attempt"] == 0 and failure["data"]["host"] == victim_node, failure
+    assert failure["message"].endswith(f"killed by signal 9 [{victim_node}]"), failure
+    assert [(e["node"], e["attempt"]) for e in events(final, "node_suspect")] == [(victim_node, 0)]
+    placed = {e["attempt"]: {int(k): v for k, v in e["data"]["nodes"].items()}
+              for e in events(final, "attempt_started")}
+    assert placed == {0: dict(enumerate(first.nodes)), 1: dict(enumerate(second.nodes))}
+    assert {(r["attempt"], r["host"]) for r in final["ranks"]} == {(1, n) for n in second.nodes}
+    assert node_history(home) == [(victim_node, "suspect")]
 
 
 @pytest.mark.timeout(150)
@@ -204,3 +261,89 @@ def test_hostile_values_are_passed_verbatim_and_never_run(slurm_cluster: SlurmCl
     job = status(home, only_run_dir(home).name)
     assert job["state"] == "succeeded"
     assert slurm_job_of(slurm_cluster, job["id"], 0).native_state == "COMPLETED"
+
+
+@pytest.mark.timeout(150)
+def test_preemption_notice_checkpoints_then_a_new_attempt_resumes_there(slurm_cluster: SlurmCluster,
+                                                                          tmp_path: Path) -> None:
+    """Slurm's notice (``--signal=B:USR1``, delivered here with ``scancel --signal=USR1 --batch``) reaches the
+    ranks through the batch trap, the supervisor and the agents: they checkpoint at the end of the step. Then
+    Slurm requeues the job (as on preemption): the supervisor cancels the requeued job, blames no node and
+    runs a new attempt, not counted against ``max_restarts: 0``, that resumes from the notice's checkpoint."""
+    home, ckpt = tmp_path / "home", tmp_path / "ckpt"
+    command = [sys.executable, str(TRAIN), *TINY, "--steps", "60", "--ckpt-every", "0",
+               "--step-sleep-s", "0.1"]
+    spec = write_spec(tmp_path / "gpt.yaml", name="gpt-preempt", checkpoint_dir=str(ckpt), workdir=str(REPO),
+                      command=command)
+    started = trainfleet(home, "run", str(spec), "--detach", timeout_s=30)
+    assert started.returncode == 0, started.stderr
+    job_id = started.stdout.strip()
+    run_dir = home / "runs" / job_id
+    out0 = run_dir / "attempt-0" / "node-0" / "rank-0.out"
+    wait_for("step 3 of attempt 0", lambda: out0.exists() and "Z step 3 loss" in out0.read_text(), 60)
+    first = slurm_job_of(slurm_cluster, job_id, 0)
+
+    slurm("scancel", "--signal=USR1", "--batch", str(first.job_id))
+    notice = wait_for("the notice checkpoint", lambda: NOTICE_LINE.search(out0.read_text()), 20)
+    notice_step = int(notice[1])
+    assert notice_step < 60 and (ckpt / f"ckpt-{notice_step:08d}.pt").exists(), sorted(ckpt.iterdir())
+    slurm("scontrol", "update", f"jobid={first.job_id}", "requeue=1")  # as PreemptMode=REQUEUE would
+    slurm("scontrol", "requeue", str(first.job_id))
+
+    final = wait_for("the job to end", lambda: (s := status(home, job_id))["state"] in
+                     ("succeeded", "failed", "cancelled") and s, 90)
+    assert final["state"] == "succeeded" and final["restarts"] == 1, final.get("reason")
+    assert [a["state"] for a in final["attempts"]] == ["cancelled", "succeeded"]
+    preempted = events(final, "preempted")
+    assert [(e["attempt"], e["data"]["engine_state"]) for e in preempted] == [(0, "REQUEUED")], preempted
+    (told,) = events(final, "preempt_notice")
+    assert told["attempt"] == 0 and told["data"] == {"source": "slurm --signal USR1", "nodes": [0, 1]}, told
+    noticed = events(final, "checkpoint_notice")
+    assert sorted((e["data"]["host"], e["data"]["ranks"]) for e in noticed) == [(first.nodes[0], [0]),
+                                                                               (first.nodes[1], [1])]
+    assert not [e for e in final["events"] if e["kind"].startswith("node_")]
+    assert node_history(home) == []
+    assert "--exclude" not in (run_dir / "attempt-1" / "job.sbatch").read_text()
+    out1 = (run_dir / "attempt-1" / "node-0" / "rank-0.out").read_text()
+    assert f"resumed from step {notice_step}" in out1 and "Z step 60 loss" in out1, out1[-1500:]
+    # SIGUSR1 never reached a rank (it would have dumped its stacks): only the batch shell got it.
+    assert not (run_dir / "attempt-0" / "node-0" / "rank-0.stacks").read_text().strip()
+    requeued = slurm_cluster.job(first.job_id)  # the supervisor owns restarts: Slurm's requeue was cancelled
+    assert (requeued.native_state, requeued.restart_count) == ("CANCELLED", 1)
+    assert slurm_job_of(slurm_cluster, job_id, 1).native_state == "COMPLETED"
+
+
+@pytest.fixture
+def drained_node1(slurm_cluster: SlurmCluster) -> Iterator[str]:
+    slurm("scontrol", "update", "nodename=node1", "state=drain", "reason=tf-preflight-test")
+    try:
+        slurm_cluster.wait_for_node("node1", lambda node: node.is_drained, what="drained")
+        yield "node1"
+    finally:
+        slurm("scontrol", "update", "nodename=node1", "state=resume")
+
+
+@pytest.mark.timeout(120)
+def test_preflight_skips_the_drained_node_and_slurm_avoids_the_one_it_excludes(
+        slurm_cluster: SlurmCluster, drained_node1: str, tmp_path: Path) -> None:
+    """node1 is drained: Slurm does not offer it, so the preflight never judges it. The doctor finds node2's
+    links narrow: the preflight blames it, the submission excludes it, and the job runs on node3 and node4."""
+    bundles = tmp_path / "bundles"
+    for node, capture in (("node2", NARROW), ("node3", CLEAN), ("node4", CLEAN)):
+        (bundles / node).mkdir(parents=True)
+        shutil.copy(capture, bundles / node / "lspci.txt")
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path / "pre.yaml", name="preflight", workdir=str(tmp_path),
+                      preflight={"doctor": True, "doctor_fail_on": "warning"},
+                      command=[sys.executable, "-c", "import os; print('on', os.environ['SLURMD_NODENAME'])"])
+    done = trainfleet(home, "run", str(spec), env={"TRAINFLEET_BUNDLES": str(bundles)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    job = status(home, only_run_dir(home).name)
+    assert job["state"] == "succeeded"
+    (pre,) = events(job, "preflight")
+    assert pre["data"]["healthy"] == ["node3", "node4"] and list(pre["data"]["excluded"]) == ["node2"], pre
+    assert drained_node1 not in json.dumps(pre["data"])
+    assert "#SBATCH --exclude=node2\n" in (only_run_dir(home) / "attempt-0" / "job.sbatch").read_text()
+    ran = slurm_job_of(slurm_cluster, job["id"], 0)
+    assert ran.nodes == ("node3", "node4") and ran.native_state == "COMPLETED"
+    assert node_history(home) == [("node2", "suspect")]

@@ -70,7 +70,7 @@ def test_directives_come_before_any_command_and_carry_the_contract() -> None:
     lines = render_script(SPEC, PLAN).splitlines()
     directives = [line for line in lines if line.startswith("#SBATCH ")]
     assert lines[1:1 + len(directives)] == directives  # sbatch stops reading at the first command
-    for wanted in ("--job-name=tf-golden-0123abcd-a1", "--nodes=2", "--ntasks-per-node=1", "--requeue",
+    for wanted in ("--job-name=tf-golden-0123abcd-a1", "--nodes=2", "--ntasks-per-node=1", "--no-requeue",
                    "--signal=B:USR1@60", "--cpus-per-task=2",
                    "--output=/home/u/.trainfleet/runs/0123abcd/attempt-1/slurm-%j.out"):
         assert f"#SBATCH {wanted}" in directives

@@ -11,6 +11,21 @@ A backend is four small operations:
 The agents themselves talk to the supervisor over TCP (``runtime.protocol``); the backend only starts and
 stops them. The local backend runs agents as processes here; a Slurm backend renders an sbatch script
 whose ``srun`` starts the very same agent on every node.
+
+Optional members, looked up by the supervisor with ``getattr`` (a backend without them gets the default):
+
+- ``supervisor_host`` (default ``127.0.0.1``): the address the supervisor binds and hands to the agents.
+- ``node_pool(count) -> list[str]``: names of the nodes a job may use (the local backend's agent slots).
+- ``places_nodes = True``: the engine, not the supervisor, chooses the nodes (a scheduler such as Slurm);
+  then ``node_names(handle) -> {node_rank: name}`` names them once the allocation is known (empty before),
+  and ``exclude_nodes(names, wanted=N)`` asks the engine to avoid nodes the supervisor blamed (while N
+  usable nodes remain).
+- ``queued(handle) -> bool``: the engine has not started the attempt yet (a scheduler's queue); the
+  supervisor's agent-connect timeout starts once it has.
+- ``abort(handle, reason)``: the user cancelled; called before the agents are told to stop, so the
+  engine can record the job as cancelled (``cancel`` still follows and waits).
+- ``interruption(handle) -> str | None``: after ``cancel``, the engine's word when the engine itself ended
+  the attempt (preemption, time limit, requeue, a cancel outside trainfleet): no node is to blame.
 """
 
 from __future__ import annotations

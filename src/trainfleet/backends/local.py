@@ -57,6 +57,7 @@ class LocalBackend:
     """Runs each logical node as an agent process on this host (see module doc)."""
 
     name = "local"
+    supervisor_host = "127.0.0.1"  # every agent runs on this machine
 
     def __init__(self) -> None:
         self._agents: dict[str, dict[int, subprocess.Popen]] = {}

@@ -11,6 +11,14 @@ faulthandler hook it puts on every rank's ``PYTHONPATH``) and answers ``StacksDu
 It stops its ranks (SIGTERM to each process group, SIGKILL after ``--grace-s``) when told to (``Stop``),
 on SIGTERM/SIGINT/SIGHUP, or when the supervisor connection is lost. Rank leaders get PR_SET_PDEATHSIG
 so that ``kill -9`` of the agent takes them down too. One thread, one ``select`` loop; stdlib only.
+
+Preemption / time-limit notice: ``Checkpoint`` from the supervisor (on Slurm the batch script's trap tells
+the supervisor), or SIGUSR1 / SIGUSR2 sent to the agent itself, makes it send ``CHECKPOINT_SIGNAL`` (SIGUSR2;
+SIGUSR1 already means "dump your stacks" to a rank) to each live rank's leader process, not its process
+group, and report ``CheckpointNotice``. Ranks start with that signal ignored, so a program that does not
+checkpoint is never killed by a notice; one that does installs a handler (the signal's name is in
+``$TRAINFLEET_CHECKPOINT_SIGNAL``), e.g. to save a checkpoint at the end of the current step. Helpers a rank
+started are not signalled: one exec'd after the rank installed its handler would die of the default action.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trainfleet.runtime import lifeline
@@ -30,6 +39,8 @@ from trainfleet.runtime.env import Placement, rank_env, rank_log_paths
 from trainfleet.runtime.logpipe import PipeLog, utc_stamp
 from trainfleet.runtime.protocol import (
     AgentDone,
+    Checkpoint,
+    CheckpointNotice,
     DumpStacks,
     Heartbeat,
     Hello,
@@ -49,6 +60,22 @@ from trainfleet.runtime.stackdump import RankTarget, dump_ranks, stack_env
 
 _MAX_ROWS_PER_RANK = 256  # per heartbeat; older rows of a flood are dropped, the newest always kept
 _DRAIN_S = 2.0  # after the last rank is gone, how long to wait for its pipes to reach EOF
+CHECKPOINT_SIGNAL = signal.SIGUSR2
+"""What a rank gets on a preemption / time-limit notice (``$TRAINFLEET_CHECKPOINT_SIGNAL`` names it)."""
+NOTICE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+"""Signals that, sent to the agent, mean "the engine will stop this job soon: checkpoint now"."""
+
+
+def rank_preexec(parent_pid: int) -> Callable[[], None]:
+    """``preexec_fn`` of a rank: die with the agent, and start with ``CHECKPOINT_SIGNAL`` ignored (a handler
+    the program installs replaces that; an ignored signal stays ignored across exec in its children)."""
+    die_with_parent = lifeline.die_with_parent_hook(signal.SIGKILL, parent_pid)
+
+    def hook() -> None:
+        signal.signal(CHECKPOINT_SIGNAL, signal.SIG_IGN)
+        die_with_parent()
+
+    return hook
 
 
 @dataclass
@@ -84,6 +111,7 @@ class Agent:
         self.kill_at: float | None = None
         self.rows: dict[int, list[ProgressRow]] = {}
         self.steps: dict[int, int] = {}
+        self.notices: list[str] = []  # preemption notices received (their source), handled by the main loop
 
     # ---- wiring -------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -125,7 +153,7 @@ class Agent:
     def spawn_all(self, udp_addr: str) -> None:
         """Start every local rank in its own session with the rank env; a rank that cannot start exits 127."""
         base = dict(os.environ)
-        hook = lifeline.die_with_parent_hook(signal.SIGKILL, os.getpid())
+        hook = rank_preexec(os.getpid())
         for local_rank in range(self.p.nproc_per_node):
             if self.stop_reason is not None:  # told to stop while starting: start no more ranks
                 break
@@ -135,6 +163,7 @@ class Agent:
             env = rank_env(base, self.p, local_rank, report_addr=udp_addr)
             stack_file = out_path.removesuffix(".out") + ".stacks"
             env.update(stack_env(stack_file, env.get("PYTHONPATH")))
+            env["TRAINFLEET_CHECKPOINT_SIGNAL"] = CHECKPOINT_SIGNAL.name
             started = time.time()
             try:
                 popen = subprocess.Popen(
@@ -183,25 +212,31 @@ class Agent:
             else:
                 self.finish_rank(proc, exit_code=os.waitstatus_to_exitcode(status), sig=None)
 
-    def live_groups(self) -> list[int]:
-        """Process groups of our ranks that still have a member (the leader may already be gone)."""
-        alive = []
+    def signal_groups(self, sig: int) -> None:
+        """Send ``sig`` to every rank's process group (the leader may already be gone)."""
         for proc in self.ranks.values():
             if proc.pid <= 0:
                 continue
             try:
-                os.killpg(proc.pid, 0)
-                alive.append(proc.pid)
+                os.killpg(proc.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        return alive
 
-    def signal_groups(self, sig: int) -> None:
-        for pgid in self.live_groups():
-            try:
-                os.killpg(pgid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+    def pass_on_notices(self) -> None:
+        """Forward each preemption notice received to the ranks (``CHECKPOINT_SIGNAL``) and report it."""
+        while self.notices:
+            source = self.notices.pop(0)
+            ranks = []
+            for proc in self.ranks.values():
+                if proc.exited is None and proc.pid > 0 and self.stop_reason is None:
+                    try:
+                        os.kill(proc.pid, CHECKPOINT_SIGNAL)
+                        ranks.append(proc.rank)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            print(f"{utc_stamp()} trainfleet agent: preemption/time-limit notice ({source}): sent "
+                  f"{CHECKPOINT_SIGNAL.name} to ranks {ranks}", file=sys.stderr, flush=True)
+            self.send(CheckpointNotice(self.p.node_rank, source, int(CHECKPOINT_SIGNAL), ranks, time.time()))
 
     # ---- progress -----------------------------------------------------------------------------------
     def read_reports(self, udp: socket.socket) -> None:
@@ -249,6 +284,8 @@ class Agent:
                 self.request_stop(msg.reason)
             elif isinstance(msg, DumpStacks):
                 self.dump_stacks(msg.directory)
+            elif isinstance(msg, Checkpoint):
+                self.notices.append("supervisor")
 
     def dump_stacks(self, directory: str) -> None:
         """Write every live rank's stacks (``runtime.stackdump``) and tell the supervisor where."""
@@ -266,6 +303,8 @@ class Agent:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda s, _f: self.request_stop(f"agent got signal {s}"))
+        for sig in NOTICE_SIGNALS:
+            signal.signal(sig, lambda s, _f: self.notices.append(signal.Signals(s).name))
         signal.signal(signal.SIGCHLD, lambda _s, _f: None)  # only to wake the loop
         self.sel.register(wake_r, selectors.EVENT_READ, "wake")
         lifeline.become_subreaper()
@@ -306,6 +345,7 @@ class Agent:
                 elif isinstance(key.data, PipeLog) and not key.data.pump():
                     self.sel.unregister(key.fd)
             self.reap()
+            self.pass_on_notices()
             if time.monotonic() >= next_beat:
                 self.heartbeat()
                 next_beat = time.monotonic() + self.heartbeat_interval_s

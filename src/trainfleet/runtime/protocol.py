@@ -2,10 +2,12 @@
 
 Agent -> supervisor: ``Hello`` (once, first), ``RankStarted``, ``RankExited``, ``Heartbeat`` (every
 ``heartbeat_interval_s``, carrying each rank's latest step and the progress rows reported since the last
-one), ``AgentDone`` (every rank has exited; last message), ``StacksDumped`` (answer to ``DumpStacks``).
-Supervisor -> agent: ``Stop``, ``DumpStacks`` (write every rank's Python stacks before a teardown).
-A client such as
-``trainfleet cancel`` -> supervisor: ``CancelRequest``.
+one), ``AgentDone`` (every rank has exited; last message), ``StacksDumped`` (answer to ``DumpStacks``),
+``CheckpointNotice`` (the agent got a preemption / time-limit notice and passed it on to its ranks).
+Supervisor -> agent: ``Stop``, ``DumpStacks`` (write every rank's Python stacks before a teardown),
+``Checkpoint`` (pass a preemption / time-limit notice on to the ranks).
+A client such as ``trainfleet cancel`` -> supervisor: ``CancelRequest``; the Slurm batch script's trap ->
+supervisor: ``PreemptNotice`` (one line written to ``/dev/tcp`` by bash).
 
 The supervisor decides only from these messages (and from the connection closing), never from log text.
 Deliberately stdlib only: the agent imports this module and must start fast.
@@ -115,6 +117,32 @@ class StacksDumped:
 
 
 @dataclass(frozen=True)
+class CheckpointNotice:
+    """The agent got a preemption / time-limit notice (``source``: ``supervisor`` or the signal's name) and
+    sent ``rank_signal`` to each rank in ``ranks`` so they checkpoint before the engine stops them."""
+
+    node_rank: int
+    source: str
+    rank_signal: int
+    ranks: list[int] = field(default_factory=list)
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Supervisor asks the agent to pass a preemption / time-limit notice on to its ranks."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class PreemptNotice:
+    """The engine warned that it will stop the job soon (``source`` says how, e.g. ``slurm USR1``)."""
+
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     """A client asks the supervisor to cancel the job."""
 
@@ -122,7 +150,7 @@ class CancelRequest:
 
 
 Message = (Hello | RankStarted | RankExited | Heartbeat | AgentDone | Stop | DumpStacks | StacksDumped
-           | CancelRequest)
+           | CheckpointNotice | Checkpoint | PreemptNotice | CancelRequest)
 
 _TYPES: dict[str, type] = {
     "hello": Hello,
@@ -133,6 +161,9 @@ _TYPES: dict[str, type] = {
     "stop": Stop,
     "dump_stacks": DumpStacks,
     "stacks_dumped": StacksDumped,
+    "checkpoint_notice": CheckpointNotice,
+    "checkpoint": Checkpoint,
+    "preempt_notice": PreemptNotice,
     "cancel": CancelRequest,
 }
 _TAGS: dict[type, str] = {cls: tag for tag, cls in _TYPES.items()}

@@ -4,8 +4,13 @@
 store rows and typed detections (``supervise.monitor``): a crashed rank, a lost or silent agent (no
 heartbeat for 3 intervals), a hung rank (no progress for ``hang_timeout_s``; every rank's stacks are dumped
 first and the odd one out is blamed) and stragglers (an event only). On the first failure it records the
-cause with its node, blames that node, and tells every agent to stop; when the loop ends (all nodes done, or
-the teardown deadline passed) the backend sweeps whatever is left, so no process of the attempt outlives it.
+cause with its node and tells every agent to stop; when the loop ends (all nodes done, or the teardown
+deadline passed) the backend sweeps whatever is left, so no process of the attempt outlives it. Only then is
+the failure's node blamed: unless the engine says it ended the attempt itself (``backend.interruption``:
+preempted, timed out, requeued), which makes the attempt ``preempted`` instead (no node's fault), or cancelled
+it on someone's request outside trainfleet (the job is cancelled). A user's cancel first lets the engine
+record it (``backend.abort``). An engine's preemption notice (``PreemptNotice``, e.g. from the Slurm batch
+script's trap) is passed to every agent (``Checkpoint``), whose answers become ``checkpoint_notice`` events.
 It also records when a restarted attempt resumed (``resumed``) and caught up (``caught_up``) for goodput.
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import signal
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -21,11 +27,14 @@ from trainfleet.backends.base import JobHandle
 from trainfleet.runtime.protocol import (
     AgentDone,
     CancelRequest,
+    Checkpoint,
+    CheckpointNotice,
     DumpStacks,
     Heartbeat,
     Hello,
     LineBuffer,
     Message,
+    PreemptNotice,
     ProtocolError,
     RankExited,
     RankStarted,
@@ -49,7 +58,7 @@ from trainfleet.supervise.stacks import blame_hang
 if TYPE_CHECKING:
     from trainfleet.supervise.supervisor import Supervisor
 
-AGENT_CONNECT_TIMEOUT_S = 60.0  # an agent that has not said hello by then failed to start
+AGENT_CONNECT_TIMEOUT_S = 60.0  # an agent that has not said hello by then (after the queue) failed to start
 TEARDOWN_EXTRA_S = 3.0  # beyond the agents' grace, before the backend kills what is left
 # A connected agent silent this many intervals after its last heartbeat is lost: with the 0.2 s loop that is
 # within 3 intervals of the moment it stopped.
@@ -71,10 +80,15 @@ class Conn:
 class AttemptWatch:
     """The select loop of one attempt: agent connections, their messages, detections, teardown, outcome."""
 
-    def __init__(self, sup: Supervisor, attempt: int, handle: JobHandle) -> None:
+    def __init__(self, sup: Supervisor, attempt: int, handle: JobHandle, *, port: int = 0) -> None:
         self.sup = sup
         self.attempt = attempt
         self.handle = handle
+        self.port = port
+        self.announced = not sup.places_nodes  # attempt_started is written once the allocation is known
+        self.suspect: tuple[int, str] | None = None  # (node rank, cause) to blame once the attempt is over
+        self.preempted: str | None = None  # the engine's word when it ended the attempt itself
+        self.notices = 0
         self.spec = sup.spec
         self.conns: dict[int, Conn] = {}
         self.hello: set[int] = set()
@@ -107,6 +121,9 @@ class AttemptWatch:
                         self._read(key.data)
                 if sup.cancel_reason and self.teardown_deadline is None:
                     sup.store.add_event(sup.job_id, "cancel", sup.cancel_reason, attempt=self.attempt)
+                    abort = getattr(sup.backend, "abort", None)
+                    if callable(abort):  # e.g. scancel first, so Slurm records the job as cancelled
+                        abort(self.handle, sup.cancel_reason)
                     self._teardown()
                 self._check_agents()
                 self._check_progress()
@@ -120,6 +137,7 @@ class AttemptWatch:
             sup.backend.cancel(self.handle, grace_s=self.spec.grace_s)
             for conn in list(self.conns.values()):
                 self._close(conn)
+        self.preempted = sup.judge_attempt(self)
         return self._outcome()
 
     def _outcome(self) -> tuple[Outcome, str | None]:
@@ -132,6 +150,8 @@ class AttemptWatch:
                                            ended_at=now)
         if self.sup.cancel_reason:
             return Outcome.CANCELLED, self.sup.cancel_reason
+        if self.preempted is not None:
+            return Outcome.FAILED, f"preempted: {self.sup.backend.name} ended the attempt ({self.preempted})"
         if self.cause is not None:
             return Outcome.FAILED, self.cause
         if len(self.exits) == self.spec.world_size and all(e.ok for e in self.exits.values()):
@@ -192,6 +212,9 @@ class AttemptWatch:
             conn.node = msg.node_rank
             self.hello.add(msg.node_rank)
             self.heartbeats.beat(msg.node_rank, time.monotonic())
+            if not self.announced:  # an agent runs: the engine's allocation is known now
+                self.announced = True
+                sup.announce_attempt(att, self.port)
             if self.teardown_deadline is not None:
                 self._send(conn, Stop(self.cause or sup.cancel_reason or "stopping"))
         elif isinstance(msg, RankStarted):
@@ -211,6 +234,23 @@ class AttemptWatch:
         elif isinstance(msg, AgentDone):
             conn.done = True
             self._node_finished(msg.node_rank, lost=False)
+        elif isinstance(msg, PreemptNotice):
+            agents = {c.node: c for c in self.conns.values()
+                      if c.node is not None and c.node not in self.finished_nodes}
+            sup.store.add_event(job, "preempt_notice", f"the engine will stop the job soon ({msg.source}): "
+                                f"{len(agents)} agents asked to have their ranks checkpoint", attempt=att,
+                                data={"source": msg.source, "nodes": sorted(agents)})
+            for agent in agents.values():
+                self._send(agent, Checkpoint(f"preemption notice ({msg.source})"))
+            self._close(conn)
+        elif isinstance(msg, CheckpointNotice):
+            self.notices += 1
+            host = sup.node_name(msg.node_rank)
+            message = (f"{host}: preemption/time-limit notice ({msg.source}) passed to ranks {msg.ranks} as "
+                       f"{_signame(msg.rank_signal)}")
+            sup.store.add_event(job, "checkpoint_notice", message, attempt=att, node=msg.node_rank,
+                                data={"host": host, "source": msg.source, "rank_signal": msg.rank_signal,
+                                      "ranks": msg.ranks, "ts": msg.ts})
         elif isinstance(msg, CancelRequest):
             sup.request_cancel(msg.reason)
             self._close(conn)
@@ -307,6 +347,9 @@ class AttemptWatch:
                 self._fail(lost, fault_ts=time.time() - silent,
                            data={"silent_s": silent, "deadline_s": self.heartbeats.deadline_s})
                 break
+        queued = getattr(self.sup.backend, "queued", None)
+        if not self.hello and callable(queued) and queued(self.handle):
+            self.t0 = now  # waiting in the engine's queue is not a failure to start: the clock starts later
         waited = now - self.t0
         if waited > AGENT_CONNECT_TIMEOUT_S and len(self.hello) < self.spec.nodes and self.cause is None:
             missing = sorted(set(range(self.spec.nodes)) - self.hello)
@@ -378,7 +421,7 @@ class AttemptWatch:
         sup.store.add_event(sup.job_id, failure.kind, self.cause, attempt=self.attempt, node=failure.node,
                             rank=rank, data=body)
         self._teardown()
-        sup.blame(failure.node, self.attempt, self.cause)
+        self.suspect = (failure.node, self.cause)  # blamed once the engine has had its say (judge_attempt)
 
     def _teardown(self) -> None:
         if self.teardown_deadline is not None:
@@ -400,6 +443,13 @@ class _StackDump:
         self.deadline = deadline
         self.asked: set[int] = set()
         self.answers: dict[int, StacksDumped] = {}
+
+
+def _signame(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def drain(fd: int) -> None:

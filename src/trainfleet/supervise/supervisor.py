@@ -8,6 +8,14 @@ free (``supervise.nodes``), and the restart policy (``supervise.policy``) decide
 after the backoff and a final state. A ``CancelRequest`` on the same socket (from ``trainfleet cancel``)
 or ``request_cancel()`` (signals) cancels. ``first_attempt`` > 0 continues a job whose supervisor died.
 
+On a backend whose engine places the nodes (``places_nodes``: Slurm) there is no placement here: the nodes
+are named by the engine's allocation (``backend.node_names``) once it is known, blamed nodes are handed to
+``backend.exclude_nodes`` and the node history holds the engine's node names, as it does the local ones. An
+attempt the engine itself ended (``backend.interruption``: preempted, timed out, requeued) blames no node
+and is followed at once by a new attempt that does not count against ``restart.max_restarts`` (a
+``preempted`` event; ``restart.max_preemptions``, when the spec has it, bounds them). The supervisor listens
+on ``backend.supervisor_host`` unless ``host`` is given.
+
 It is the only writer of the job's rows in the store; metrics are written in batches.
 """
 
@@ -20,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from trainfleet.backends.base import AttemptPlan, Backend
+from trainfleet.backends.base import AttemptPlan, Backend, JobHandle
 from trainfleet.errors import BackendError
 from trainfleet.runtime.protocol import CancelRequest, LineBuffer, ProtocolError
 from trainfleet.spec import JobSpec, JobState
@@ -38,7 +46,7 @@ class Supervisor:
     """Runs one job to a final state (see module doc); ``observer`` gets a ``JobView`` 4 times a second."""
 
     def __init__(self, store: Store, job_id: str, spec: JobSpec, backend: Backend, *, run_dir: str,
-                 observer: Callable[[JobView], None] | None = None, host: str = "127.0.0.1",
+                 observer: Callable[[JobView], None] | None = None, host: str | None = None,
                  first_attempt: int = 0, lost_step: int | None = None) -> None:
         self.store = store
         self.job_id = job_id
@@ -46,11 +54,11 @@ class Supervisor:
         self.backend = backend
         self.run_dir = run_dir
         self.observer = observer
-        self.host = host
+        self.host = host if host is not None else str(getattr(backend, "supervisor_host", "127.0.0.1"))
         self.sel = selectors.DefaultSelector()
-        self.listener = socket.create_server((host, 0), backlog=256)
+        self.listener = socket.create_server((self.host, 0), backlog=256)
         self.listener.setblocking(False)
-        self.addr = f"{host}:{self.listener.getsockname()[1]}"
+        self.addr = f"{self.host}:{self.listener.getsockname()[1]}"
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         self.wake_fd, self._wake_w = os.pipe()
         os.set_blocking(self.wake_fd, False)
@@ -65,9 +73,15 @@ class Supervisor:
         self.lost_step = lost_step  # the newest step before the last failure (what a restart must redo)
         self.straggler_factor = float(getattr(spec, "straggler_factor", 2.0))
         self.straggler_window = int(getattr(spec, "straggler_window", 8))
-        self.pool = node_pool(backend, spec.nodes, spec.spare_nodes)
+        self.places_nodes = bool(getattr(backend, "places_nodes", False))
+        # The engine's usable nodes are only read when a preflight needs them (see _run_attempt).
+        self.pool = [] if self.places_nodes else node_pool(backend, spec.nodes, spec.spare_nodes)
         self.placement: list[str] = []
         self.blamed: set[str] = set()
+        self.handle: JobHandle | None = None
+        self.preempted: str | None = None  # the engine's word when it ended the last attempt itself
+        self.preemptions = 0 if first_attempt == 0 else len(store.events(job_id, kinds=["preempted"]))
+        self.max_preemptions: int | None = getattr(spec.restart, "max_preemptions", None)
 
     # ---- public ---------------------------------------------------------------------------------------
     def request_cancel(self, reason: str = "cancelled by user") -> None:
@@ -95,7 +109,18 @@ class Supervisor:
                     final, reason = JobState.FAILED, str(exc)
                     self.store.add_event(self.job_id, "no_usable_nodes", reason, attempt=attempt)
                     break
-                decision = decide(outcome, attempt=attempt, policy=self.spec.restart, cause=cause)
+                if self.preempted is not None and outcome is Outcome.FAILED and self._preemption_allowed():
+                    self.preemptions += 1
+                    self.store.update_job(self.job_id, restarts=attempt + 1)
+                    message = (f"restarting at once from the latest checkpoint after: {cause} (preemption "
+                               f"{self.preemptions}; preemptions do not count against max_restarts)")
+                    self.store.add_event(self.job_id, "restart", message, attempt=attempt + 1,
+                                         data={"preemption": True, "preemptions": self.preemptions})
+                    self.view.restarts = attempt + 1
+                    attempt += 1
+                    continue
+                failures = attempt - self.preemptions  # attempts that failed (preempted ones do not count)
+                decision = decide(outcome, attempt=failures, policy=self.spec.restart, cause=cause)
                 if decision.restart:
                     self.store.update_job(self.job_id, restarts=attempt + 1)
                     message = f"restarting in {decision.delay_s:g}s from the latest checkpoint after: {cause}"
@@ -132,6 +157,7 @@ class Supervisor:
 
     # ---- one attempt ----------------------------------------------------------------------------------
     def _run_attempt(self, attempt: int) -> tuple[Outcome, str | None]:
+        self.preempted, self.handle = None, None
         if self.cancel_reason:
             return Outcome.CANCELLED, self.cancel_reason
         port = free_port(self.host, exclude=self.used_ports)
@@ -141,12 +167,22 @@ class Supervisor:
         if getattr(self.spec, "preflight", None) is not None:  # node checks first (supervise.preflight)
             from trainfleet.supervise.preflight import preflight_gate
 
+            if self.places_nodes:  # the engine's usable nodes now (drained or down ones are not offered)
+                try:
+                    self.pool = node_pool(self.backend, self.spec.nodes, self.spec.spare_nodes)
+                except BackendError as exc:
+                    raise NoUsableNodes(f"cannot list the nodes for the preflight: {exc}") from None
             why = preflight_gate(self, attempt)
             if why:
                 raise NoUsableNodes(why)
-        verdicts = {n.name: n.state for n in self.store.nodes()}
-        self.placement = place(self.pool, self.spec.nodes, verdicts, previous=self.placement,
-                               blamed=self.blamed)
+        if self.places_nodes:
+            self.placement = []  # the engine places the attempt; named once its allocation is known
+            if self.blamed:
+                self._exclude_on_engine(self.blamed)
+        else:
+            verdicts = {n.name: n.state for n in self.store.nodes()}
+            self.placement = place(self.pool, self.spec.nodes, verdicts, previous=self.placement,
+                                   blamed=self.blamed)
         request = self.backend.render(self.spec, plan)
         started = time.time()
         self.view.attempt = attempt
@@ -157,39 +193,109 @@ class Supervisor:
             handle, outcome, cause = None, Outcome.FAILED, str(exc)
         self.store.start_attempt(self.job_id, attempt, master_addr=self.host, master_port=port,
                                  started_at=started)
+        preempted = False
         if handle is not None:
-            nodes = {str(i): name for i, name in enumerate(self.placement)}
-            self.store.add_event(self.job_id, "attempt_started", f"attempt {attempt} on {handle.url} "
-                                 f"(MASTER_PORT {port}) nodes {', '.join(self.placement)}", attempt=attempt,
-                                 data={"master_port": port, "nodes": nodes})
-            watch = AttemptWatch(self, attempt, handle)
+            self.handle = handle
+            if not self.places_nodes:
+                self.announce_attempt(attempt, port)
+            watch = AttemptWatch(self, attempt, handle, port=port)
             outcome, cause = watch.run()
             if watch.max_step is not None:
                 self.lost_step = watch.max_step
+            self.preempted = watch.preempted
+            preempted = watch.preempted is not None
         self.flush_metrics(force=True)
-        state = JobState(outcome.value)
+        state = JobState.CANCELLED if preempted else JobState(outcome.value)  # stopped by the engine
         self.store.end_attempt(self.job_id, attempt, state=state, reason=cause, ended_at=time.time())
         self.store.add_event(self.job_id, f"attempt_{state.value}", cause or f"attempt {attempt} {state}",
                              attempt=attempt)
         return outcome, cause
 
+    def announce_attempt(self, attempt: int, port: int) -> None:
+        """The ``attempt_started`` event with the attempt's node names (on an engine that places nodes:
+        called once its allocation is known, i.e. when the first agent says hello)."""
+        handle = self.handle
+        names = [self.node_name(k) for k in range(self.spec.nodes)]
+        nodes = {str(i): name for i, name in enumerate(names)}
+        url = handle.url if handle is not None else "?"
+        self.store.add_event(self.job_id, "attempt_started", f"attempt {attempt} on {url} "
+                             f"(MASTER_PORT {port}) nodes {', '.join(names)}", attempt=attempt,
+                             data={"master_port": port, "nodes": nodes})
+
+    def judge_attempt(self, watch: AttemptWatch) -> str | None:
+        """Once the attempt is over (the backend's ``cancel`` returned): if the engine ended it itself, say so
+        (a ``preempted`` event; returns the engine's word) or, for a cancel outside trainfleet, cancel the
+        job; otherwise blame the node of the failure seen, if any. Returns None unless preempted."""
+        interruption = getattr(self.backend, "interruption", None)
+        why = interruption(watch.handle) if callable(interruption) else None
+        ok = len(watch.exits) == self.spec.world_size and all(e.ok for e in watch.exits.values())
+        if why is not None and not self.cancel_reason and not ok:
+            if why.startswith("CANCELLED"):
+                self.cancel_reason = f"cancelled in {self.backend.name} outside trainfleet ({why})"
+                self.store.add_event(self.job_id, "cancel", self.cancel_reason, attempt=watch.attempt)
+                return None
+            names = {str(k): self.node_name(k) for k in range(self.spec.nodes)}
+            notice = "after a checkpoint notice" if watch.notices else "without a checkpoint notice"
+            message = (f"{self.backend.name} ended attempt {watch.attempt} itself ({why}) {notice}; not a "
+                       f"node's fault, no node blamed (seen: {watch.cause or 'no failure'})")
+            self.store.add_event(self.job_id, "preempted", message, attempt=watch.attempt,
+                                 data={"engine_state": why, "notices": watch.notices, "nodes": names,
+                                       "cause": watch.cause, "last_step": watch.max_step})
+            return why
+        if watch.suspect is not None:
+            self.blame(watch.suspect[0], watch.attempt, watch.suspect[1])
+        return None
+
+    def _preemption_allowed(self) -> bool:
+        return self.max_preemptions is None or self.preemptions < self.max_preemptions
+
     # ---- nodes ----------------------------------------------------------------------------------------
     def node_name(self, node_rank: int) -> str:
-        """The name of the node that holds ``node_rank`` in the current attempt."""
+        """The name of the node that holds ``node_rank`` in the current attempt (``node-K`` when unknown)."""
+        return self.known_node_name(node_rank) or f"node-{node_rank}"
+
+    def known_node_name(self, node_rank: int) -> str | None:
+        """The node of ``node_rank``: the placement, or on an engine that places nodes its allocation (asked
+        until known); None when nobody knows yet."""
         if 0 <= node_rank < len(self.placement):
             return self.placement[node_rank]
-        return f"node-{node_rank}"
+        if self.places_nodes and self.handle is not None:
+            names = self.backend.node_names(self.handle)  # type: ignore[attr-defined]
+            if len(names) >= self.spec.nodes and all(k in names for k in range(self.spec.nodes)):
+                self.placement = [names[k] for k in range(self.spec.nodes)]
+                return self.placement[node_rank] if 0 <= node_rank < len(self.placement) else None
+        return None
 
     def blame(self, node_rank: int, attempt: int, reason: str) -> None:
-        """Mark the node of ``node_rank`` suspect (or quarantined) in the store, with this failure."""
-        name = self.node_name(node_rank)
+        """Mark the node of ``node_rank`` suspect (or quarantined) in the store, with this failure; an engine
+        that places nodes is told to avoid it."""
+        name = self.known_node_name(node_rank)
+        if name is None:
+            if self.places_nodes:  # never put a made-up name in the node history
+                self.store.add_event(self.job_id, "node_unknown", f"node rank {node_rank}: the engine did "
+                                     "not say which node it was; no node blamed", attempt=attempt,
+                                     data={"node_rank": node_rank})
+                return
+            name = self.node_name(node_rank)
         self.blamed.add(name)
         record = self.store.blame_node(name, job_id=self.job_id, attempt=attempt, reason=reason)
-        spare = "a spare replaces it" if self.spec.spare_nodes else "no spare nodes in the spec"
+        if self.places_nodes:
+            replaced = "the next submission excludes it"
+            self._exclude_on_engine({name})
+        else:
+            replaced = "a spare replaces it" if self.spec.spare_nodes else "no spare nodes in the spec"
         self.store.add_event(self.job_id, f"node_{record.state.value}",
-                             f"{name} is {record.state.value} ({record.blames} blames); {spare}",
+                             f"{name} is {record.state.value} ({record.blames} blames); {replaced}",
                              attempt=attempt, node=name,
                              data={"node_rank": node_rank, "blames": record.blames})
+
+    def _exclude_on_engine(self, names: set[str]) -> None:
+        exclude = getattr(self.backend, "exclude_nodes", None)
+        if callable(exclude):
+            try:
+                exclude(sorted(names), wanted=self.spec.nodes)
+            except BackendError as exc:  # e.g. a preflight name Slurm cannot take: keep the job going
+                self.store.add_event(self.job_id, "exclude_failed", f"cannot exclude {sorted(names)}: {exc}")
 
     # ---- helpers --------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> bool:

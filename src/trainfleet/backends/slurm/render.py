@@ -11,9 +11,19 @@ comes from the user (command, arguments, environment values, workdir, checkpoint
 shell body, each value through ``shlex.quote``.
 
 Preemption and time limits: ``--signal=B:USR1@<s>`` makes Slurm signal the batch shell ``s`` seconds before it
-stops the job; the script's trap records the notice in ``$TRAINFLEET_PREEMPT_NOTICE`` (a file ranks may poll
-to checkpoint) and forwards nothing that could kill an agent. ``--requeue`` lets Slurm requeue the job after
-preemption or node failure.
+stops the job (at the time limit; at preemption too where ``PreemptParameters=send_user_signal``). The
+script's trap (``tf_notice``) records the notice in ``$TRAINFLEET_PREEMPT_NOTICE`` and writes one
+``PreemptNotice`` line to the supervisor through bash's ``/dev/tcp``; the supervisor asks every agent to
+pass it on (``Checkpoint``) and each agent signals its ranks (SIGUSR2, see ``runtime.agent``). Nothing is
+forwarded through srun: srun signals every process of the step (measured on 22.05: a rank's child in its own
+session got it too), where SIGUSR1 means "dump your stacks" to a rank and kills any process without a
+handler, and so would SIGUSR2 for a helper exec'd by a rank that handles it.
+
+``--no-requeue``: the supervisor is the only owner of restarts. When Slurm preempts, times out or requeues
+the job, the supervisor resubmits it as a new Slurm job (a new attempt with its own job id, rendezvous port,
+``--exclude`` and log directory) and cancels a requeued one; a Slurm-side requeue of the same job id would
+run the attempt twice and reuse a stale rendezvous. On a cluster with ``PreemptMode=REQUEUE`` a job that
+cannot be requeued is cancelled instead (state PREEMPTED), which the supervisor handles the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from typing import TYPE_CHECKING
 from trainfleet.backends.base import AgentLaunch, AttemptPlan, Request
 from trainfleet.backends.local import agent_argv, agent_env
 from trainfleet.errors import BackendError
+from trainfleet.runtime.protocol import parse_addr
 
 if TYPE_CHECKING:
     from trainfleet.spec import JobSpec
@@ -33,6 +44,8 @@ if TYPE_CHECKING:
 PREEMPT_SIGNAL = "USR1"
 PREEMPT_NOTICE_S = 60
 """Seconds of warning before preemption / time limit (Slurm delivers it with up to 60 s of jitter)."""
+PREEMPT_NOTICE_LINE = '{"type":"preempt_notice","source":"slurm --signal ' + PREEMPT_SIGNAL + '"}'
+"""The ``runtime.protocol.PreemptNotice`` the batch script's trap sends to the supervisor."""
 
 # What sbatch can read back from an #SBATCH line unchanged: no blanks, quotes, '#', backslash or newline
 # ('<' and '>' only for the placeholders of --dry-run: sbatch does not treat them specially).
@@ -80,7 +93,7 @@ def render_script(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = 
         f"--cpus-per-task={spec.procs_per_node}",
         f"--output={batch_log_path(plan)}",
         "--open-mode=append",
-        "--requeue",
+        "--no-requeue",
         f"--signal=B:{PREEMPT_SIGNAL}@{PREEMPT_NOTICE_S}",
     ]
     if partition is not None:
@@ -108,8 +121,13 @@ def render_script(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = 
         *(f"export {key}={q(value)}" for key, value in env.items()),
         "mapfile -t TF_HOSTS < <(scontrol show hostnames \"$SLURM_JOB_NODELIST\")",
         'export MASTER_ADDR="${TF_HOSTS[0]}"',
-        "trap 'echo \"trainfleet: $(date -u +%FT%TZ) preemption/time-limit notice\";"
-        " date -u +%FT%TZ >>\"$TRAINFLEET_PREEMPT_NOTICE\"' " + PREEMPT_SIGNAL,
+        "tf_notice() {",
+        '    echo "trainfleet: $(date -u +%FT%TZ) preemption/time-limit notice"',
+        '    date -u +%FT%TZ >>"$TRAINFLEET_PREEMPT_NOTICE"',
+        f"    printf '%s\\n' {q(PREEMPT_NOTICE_LINE)} 2>/dev/null >{q(_tcp_path(plan.supervisor_addr))} \\",
+        '        || echo "trainfleet: the notice did not reach the supervisor" >&2',
+        "}",
+        f"trap tf_notice {PREEMPT_SIGNAL}",
         # srun runs in the background so the trap fires at once; `wait` returns early on a trapped signal.
         f"srun --nodes={spec.nodes} --ntasks-per-node=1 --kill-on-bad-exit=0 "
         f"--output={q(agent_log_pattern(plan))} \\",
@@ -119,6 +137,16 @@ def render_script(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = 
         'exit "$TF_STATUS"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def _tcp_path(supervisor_addr: str) -> str:
+    """bash's ``/dev/tcp/HOST/PORT`` for the supervisor (``--dry-run``'s placeholder address kept as is)."""
+    try:
+        host, port = parse_addr(supervisor_addr)
+    except ValueError:
+        host, _, port_text = supervisor_addr.rpartition(":")
+        return f"/dev/tcp/{host}/{port_text}"
+    return f"/dev/tcp/{host}/{port}"
 
 
 def render_request(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = (),
