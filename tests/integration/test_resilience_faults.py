@@ -196,6 +196,10 @@ def test_resume_of_a_failed_job_runs_without_the_old_reason_and_end_time(tmp_pat
                 "1", "--crash-attempt", "0", restart={"max_restarts": 0, "backoff_s": 0})
     failed = wait_final(home, job)
     assert failed["state"] == "failed" and failed["reason"] and failed["ended_at"]
+    # exit code 13 is the program's failure: the node is named but not blamed, so it stays usable
+    assert [e["node"] for e in events(failed, "node_not_blamed")] == ["local-0"]  # rank 1 of 2 per node
+    assert not events(failed, "node_suspect") and json.loads(tf(home, "nodes", "--json").stdout) == []
+    assert "local-0 not blamed" in failed["story"][0]
 
     out = tf(home, "resume", job)
     assert out.returncode == 0 and out.stdout.strip() == job, out.stderr

@@ -29,7 +29,6 @@ from trainfleet.runtime.protocol import (
     CancelRequest,
     Checkpoint,
     CheckpointNotice,
-    DumpStacks,
     Heartbeat,
     Hello,
     LineBuffer,
@@ -44,16 +43,16 @@ from trainfleet.runtime.protocol import (
 )
 from trainfleet.spec import JobState
 from trainfleet.store import MetricRow
+from trainfleet.supervise.hang import HangDump
 from trainfleet.supervise.monitor import (
     AgentLost,
     Failure,
     HeartbeatMonitor,
     ProgressMonitor,
     RankCrashed,
-    RankHung,
 )
 from trainfleet.supervise.policy import Outcome
-from trainfleet.supervise.stacks import blame_hang
+from trainfleet.supervise.resume import ResumeTracker
 
 if TYPE_CHECKING:
     from trainfleet.supervise.supervisor import Supervisor
@@ -63,7 +62,6 @@ TEARDOWN_EXTRA_S = 3.0  # beyond the agents' grace, before the backend kills wha
 # A connected agent silent this many intervals after its last heartbeat is lost: with the 0.2 s loop that is
 # within 3 intervals of the moment it stopped.
 HEARTBEAT_MISSES = 2.5
-STACK_DUMP_WAIT_S = 10.0  # how long a hang waits for the agents' stack dumps before tearing down
 STRAGGLER_CHECK_S = 1.0
 
 
@@ -100,11 +98,8 @@ class AttemptWatch:
         self.cause: str | None = None
         self.teardown_deadline: float | None = None
         self.t0 = time.monotonic()
-        self.max_step: int | None = None
-        self.first_report_ts: float | None = None
-        self.resumed_step: int | None = None
-        self.caught_up = False
-        self.dump: _StackDump | None = None
+        self.resume = ResumeTracker(sup.store, sup.job_id, attempt, sup.lost_step)
+        self.dump: HangDump | None = None
         self._next_straggler_check = self.t0
 
     def run(self) -> tuple[Outcome, str | None]:
@@ -230,7 +225,7 @@ class AttemptWatch:
             self._heartbeat(msg)
         elif isinstance(msg, StacksDumped):
             if self.dump is not None:
-                self.dump.answers[msg.node_rank] = msg
+                self.dump.answered(msg)
         elif isinstance(msg, AgentDone):
             conn.done = True
             self._node_finished(msg.node_rank, lost=False)
@@ -267,34 +262,7 @@ class AttemptWatch:
             sup.pending_metrics.append(MetricRow(row.rank, step, row.ts, row.values))
             self.progress.progress(row.rank, row.step, row.ts, row.values, now)
             if row.step is not None:
-                self._track_resume(row.step, row.ts, row.values)
-
-    def _track_resume(self, step: int, ts: float, values: dict[str, float]) -> None:
-        """Record where a restarted attempt resumed from and when it is back where the failure left it."""
-        self.max_step = step if self.max_step is None else max(self.max_step, step)
-        lost = self.sup.lost_step
-        if self.first_report_ts is None:
-            self.first_report_ts = ts
-            # The GPT demo (and the fixtures) report the checkpoint step before training (no loss then).
-            self.resumed_step = step if "loss" not in values else step - 1
-            if lost is not None and lost < self.resumed_step:  # progress not yet recorded when it was lost
-                lost = self.sup.lost_step = self.resumed_step
-            if self.attempt > 0:
-                recomputed = max(0, lost - self.resumed_step) if lost is not None else 0
-                self.sup.store.add_event(
-                    self.sup.job_id, "resumed",
-                    f"attempt {self.attempt} resumed from step {self.resumed_step} "
-                    f"({recomputed} steps to redo)",
-                    attempt=self.attempt, data={"resumed_step": self.resumed_step, "lost_step": lost,
-                                                "recomputed_steps": recomputed, "first_report_ts": ts})
-        if (not self.caught_up and self.attempt > 0 and lost is not None and self.resumed_step is not None
-                and self.resumed_step < lost <= step):
-            self.caught_up = True
-            self.sup.store.add_event(self.sup.job_id, "caught_up",
-                                     f"back at step {lost} after {ts - self.first_report_ts:.1f}s "
-                                     "of recompute",
-                                     attempt=self.attempt,
-                                     data={"step": lost, "recompute_s": ts - self.first_report_ts})
+                self.resume.step(row.step, row.ts, row.values)
 
     def _rank_exited(self, msg: RankExited) -> None:
         sup = self.sup
@@ -363,7 +331,7 @@ class AttemptWatch:
             return
         now = time.monotonic()
         if self.dump is not None:
-            if len(self.dump.answers) >= len(self.dump.asked) or now >= self.dump.deadline:
+            if self.dump.done(now):
                 self._hang_verdict()
             return
         hung = self.progress.hung(now)
@@ -381,32 +349,17 @@ class AttemptWatch:
 
     def _start_stack_dump(self, hung: list) -> None:  # type: ignore[type-arg]
         """A rank is past its hang timeout: ask every agent for its ranks' stacks before tearing down."""
-        directory = f"{self.sup.run_dir}/attempt-{self.attempt}/stacks"
-        self.dump = _StackDump(hung=hung, directory=directory, detected_ts=time.time(),
-                               deadline=time.monotonic() + STACK_DUMP_WAIT_S)
-        for conn in self.conns.values():
-            if conn.node is not None and conn.node not in self.finished_nodes:
-                self.dump.asked.add(conn.node)
-                self._send(conn, DumpStacks("hang", directory))
+        self.dump = HangDump(hung, f"{self.sup.run_dir}/attempt-{self.attempt}/stacks")
+        self.dump.start(((c.node, c) for c in self.conns.values()
+                         if c.node is not None and c.node not in self.finished_nodes), self._send)
 
     def _hang_verdict(self) -> None:
-        """Blame a hung rank: a stopped one, else the odd one out of the stacks, else the longest silent."""
-        dump = self.dump
-        assert dump is not None
-        files = {rank: path for answer in dump.answers.values() for rank, path in answer.files.items()}
-        silent = {rank: s for rank, _, s in dump.hung}
-        rank, why, stacks, odd = blame_hang(files, list(silent))
-        node = self.sup.view.ranks[rank].node_rank
-        silent_s = silent.get(rank, dump.hung[0][2])
-        hang = RankHung(node, rank, self.progress.last_step(rank), silent_s, self.spec.hang_timeout_s, why)
-        paths = {str(r): s.path for r, s in sorted(stacks.items())}
-        self.sup.store.add_event(self.sup.job_id, "stacks_dumped",
-                                 f"stacks of {len(stacks)} ranks in {dump.directory}; odd rank out: "
-                                 f"{', '.join(map(str, odd)) or 'none'}", attempt=self.attempt,
-                                 data={"directory": dump.directory, "files": paths, "odd_ranks": odd,
-                                       "tool": sorted({a.tool for a in dump.answers.values()})})
-        self._fail(hang, fault_ts=dump.detected_ts - silent_s, detected_ts=dump.detected_ts,
-                   data={"silent_s": silent_s, "stacks": dump.directory, "odd_ranks": odd})
+        """Blame the hung rank named by the stacks (``supervise.hang``)."""
+        assert self.dump is not None
+        hang, fault_ts, data = self.dump.verdict(
+            self.sup.store, self.sup.job_id, self.attempt, node_of=lambda r: self.sup.view.ranks[r].node_rank,
+            last_step=self.progress.last_step, timeout_s=self.spec.hang_timeout_s)
+        self._fail(hang, fault_ts=fault_ts, detected_ts=self.dump.detected_ts, data=data)
 
     def _fail(self, failure: Failure, *, fault_ts: float, detected_ts: float | None = None,
               data: dict | None = None) -> None:
@@ -417,11 +370,16 @@ class AttemptWatch:
         rank = getattr(failure, "rank", None)
         detected = time.time() if detected_ts is None else detected_ts
         body = {**(data or {}), "host": host, "fault_ts": fault_ts, "detected_ts": detected,
-                "last_step": self.max_step}
+                "last_step": self.resume.max_step}
         sup.store.add_event(sup.job_id, failure.kind, self.cause, attempt=self.attempt, node=failure.node,
                             rank=rank, data=body)
         self._teardown()
-        self.suspect = (failure.node, self.cause)  # blamed once the engine has had its say (judge_attempt)
+        if failure.implicates_node:
+            self.suspect = (failure.node, self.cause)  # blamed once the engine had its say (judge_attempt)
+        else:
+            sup.store.add_event(sup.job_id, "node_not_blamed", f"{host} not blamed: an exit code is the "
+                                "program's failure, not the node's", attempt=self.attempt, node=host,
+                                data={"node_rank": failure.node})
 
     def _teardown(self) -> None:
         if self.teardown_deadline is not None:
@@ -431,18 +389,6 @@ class AttemptWatch:
         for conn in list(self.conns.values()):
             if conn.node is not None:
                 self._send(conn, Stop(reason))
-
-
-class _StackDump:
-    """A stack dump in progress: the hung ranks, where the files go, which agents answered."""
-
-    def __init__(self, *, hung: list, directory: str, detected_ts: float, deadline: float) -> None:  # type: ignore[type-arg]
-        self.hung = hung
-        self.directory = directory
-        self.detected_ts = detected_ts
-        self.deadline = deadline
-        self.asked: set[int] = set()
-        self.answers: dict[int, StacksDumped] = {}
 
 
 def _signame(number: int) -> str:

@@ -31,6 +31,11 @@ class RankCrashed:
     def kind(self) -> str:
         return "rank_failed"
 
+    @property
+    def implicates_node(self) -> bool:
+        """Killed by a signal: maybe the node's fault (OOM killer, SIGBUS); an exit code is the program's."""
+        return self.signal is not None
+
     def describe(self) -> str:
         if self.signal is not None:
             return f"node {self.node} rank {self.rank} killed by signal {self.signal}"
@@ -48,6 +53,11 @@ class AgentLost:
     @property
     def kind(self) -> str:
         return "agent_lost"
+
+    @property
+    def implicates_node(self) -> bool:
+        """A lost agent or a hung rank is blamed on its node."""
+        return True
 
     def describe(self) -> str:
         return f"node {self.node} agent lost: {self.how}"
@@ -67,6 +77,11 @@ class RankHung:
     @property
     def kind(self) -> str:
         return "rank_hung"
+
+    @property
+    def implicates_node(self) -> bool:
+        """A lost agent or a hung rank is blamed on its node."""
+        return True
 
     def describe(self) -> str:
         extra = f"; {self.reason}" if self.reason else ""

@@ -14,6 +14,12 @@ Checks, from the spec's ``preflight`` block, in order (a node excluded by one is
   ``min_busbw_gbps`` the slow node(s) are found by bisection (``probes.bisect``: O(log N) rounds of
   all-reduce jobs on halves) and excluded. A set that is slow only as a whole is excluded whole.
 
+On a backend that places nodes itself (Slurm) the candidates are the engine's usable nodes (the
+supervisor's pool, minus the nodes the backend already avoids: suspect or quarantined in the node history),
+each probe job is pinned to the group it measures (``--nodelist``, in the backend's partition, run in the
+job's workdir on the shared filesystem), and excluded nodes go to the job's submission as ``--exclude``
+(the supervisor hands ``sup.blamed`` to ``backend.exclude_nodes``); Slurm then picks among the rest.
+
 Excluded nodes are recorded in the node history (``store.blame_node``) with the reason. The job may start
 when at least ``spec.nodes`` nodes pass: ``chosen`` is the first ``spec.nodes`` of them, in the order given
 (so spares, listed last, take the place of excluded nodes). The whole preflight is bounded by
@@ -100,8 +106,10 @@ def doctor_verdicts(nodes: Sequence[str], bundles: Path,
 
 
 def probe_measure(backend: str, store: Store, size: str, deadline: float, jobs: list[str],
-                  *, procs_per_node: int = 1) -> Measure:
-    """A ``Measure`` that runs one all-reduce probe job per group on ``backend`` before ``deadline``."""
+                  *, procs_per_node: int = 1, partition: str | None = None,
+                  workdir: str | None = None) -> Measure:
+    """A ``Measure`` that runs one all-reduce probe job per group on ``backend`` (pinned to the group; on
+    Slurm in ``partition``, run in ``workdir``) before ``deadline``."""
     from trainfleet.health.probes.run import ProbeRequest, run_probe
 
     def measure(group: tuple[str, ...]) -> float:
@@ -110,7 +118,8 @@ def probe_measure(backend: str, store: Store, size: str, deadline: float, jobs: 
             raise PreflightTimeout
         request = ProbeRequest("allreduce", nodes=len(group), procs_per_node=procs_per_node, sizes=size,
                                ops="all_reduce", iters=3, timeout_s=left)
-        report = run_probe(request, store=store, backend=backend, hosts=list(group))
+        report = run_probe(request, store=store, backend=backend, hosts=list(group), partition=partition,
+                           workdir=workdir)
         jobs.append(report.job_id)
         value = report.largest_busbw()
         return value if report.ok and value is not None else 0.0
@@ -141,8 +150,11 @@ def run_preflight(spec: JobSpec, nodes: Sequence[str], backend: Any, store: Stor
                 _exclude(result, excluded)
             if gate.allreduce is not None and len(result.healthy) >= 2:
                 name = backend if isinstance(backend, str) else getattr(backend, "name", "local")
-                measure = measure or probe_measure(name, store, gate.allreduce.size, deadline,
-                                                   result.probe_jobs, procs_per_node=spec.procs_per_node)
+                on_slurm = name == "slurm"
+                measure = measure or probe_measure(
+                    name, store, gate.allreduce.size, deadline, result.probe_jobs,
+                    procs_per_node=spec.procs_per_node, workdir=spec.workdir if on_slurm else None,
+                    partition=getattr(backend, "partition", None) if on_slurm else None)
 
                 def recorded(group: tuple[str, ...]) -> float:
                     value = measure(group)
@@ -201,13 +213,25 @@ def preflight_gate(sup: Any, attempt: int) -> str | None:
     gate = sup.spec.preflight
     if gate is None or (attempt > getattr(sup, "first_attempt", 0) and not gate.before_restart):
         return None
-    result = run_preflight(sup.spec, sup.pool, sup.backend, sup.store, job_id=sup.job_id, attempt=attempt)
+    candidates = preflight_candidates(sup.pool, sup.backend, sup.spec.nodes)
+    result = run_preflight(sup.spec, candidates, sup.backend, sup.store, job_id=sup.job_id, attempt=attempt)
     sup.blamed.update(result.excluded)
     exclude = getattr(sup.backend, "exclude", None)  # a backend that places nodes itself (netns)
     if callable(exclude):
         exclude(result.excluded)
     excluded = ", ".join(f"{n} ({why})" for n, why in result.excluded.items()) or "none"
     summary = (f"preflight {'passed' if result.ok else 'FAILED'} in {result.elapsed_s:.1f}s: "
-               f"{len(result.healthy)} healthy of {len(sup.pool)}, excluded {excluded}")
+               f"{len(result.healthy)} healthy of {len(candidates)}, excluded {excluded}")
     sup.store.add_event(sup.job_id, "preflight", summary, attempt=attempt, data=result.to_json())
     return None if result.ok else result.reason
+
+
+def preflight_candidates(pool: Sequence[str], backend: Any, needed: int) -> list[str]:
+    """The nodes a preflight measures: the pool, less the nodes an engine that places nodes already avoids
+    (its ``exclude``: static, suspect and quarantined) as long as ``needed`` remain; the pool as is on a
+    backend whose nodes the supervisor places (it weighs verdicts itself)."""
+    avoided = getattr(backend, "exclude", ()) if getattr(backend, "places_nodes", False) else ()
+    if callable(avoided) or not avoided:
+        return list(pool)
+    kept = [n for n in pool if n not in set(avoided)]
+    return kept if len(kept) >= needed else list(pool)

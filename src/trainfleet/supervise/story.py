@@ -27,7 +27,10 @@ def attempt_story(attempts: Sequence[Any], events: Sequence[Any]) -> list[str]:
             d = resumed.data or {}
             parts.append(f"resumed at step {d.get('resumed_step')} ({d.get('recomputed_steps', 0)} redone)")
         failure = next((e for e in evs if e.kind in FAILURE_KINDS), None)
-        if failure:
+        preempted = next((e for e in evs if e.kind == "preempted"), None)
+        if preempted:  # the engine ended the attempt; whatever the ranks did then is not the cause
+            parts.append(f"preempted: {preempted.message}")
+        elif failure:
             d = failure.data or {}
             detect = _secs(d.get("detected_ts"), d.get("fault_ts"))
             torn = _secs(a.ended_at, d.get("detected_ts"))

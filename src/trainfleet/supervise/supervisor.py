@@ -200,8 +200,8 @@ class Supervisor:
                 self.announce_attempt(attempt, port)
             watch = AttemptWatch(self, attempt, handle, port=port)
             outcome, cause = watch.run()
-            if watch.max_step is not None:
-                self.lost_step = watch.max_step
+            if watch.resume.max_step is not None:
+                self.lost_step = watch.resume.max_step
             self.preempted = watch.preempted
             preempted = watch.preempted is not None
         self.flush_metrics(force=True)
@@ -240,7 +240,7 @@ class Supervisor:
                        f"node's fault, no node blamed (seen: {watch.cause or 'no failure'})")
             self.store.add_event(self.job_id, "preempted", message, attempt=watch.attempt,
                                  data={"engine_state": why, "notices": watch.notices, "nodes": names,
-                                       "cause": watch.cause, "last_step": watch.max_step})
+                                       "cause": watch.cause, "last_step": watch.resume.max_step})
             return why
         if watch.suspect is not None:
             self.blame(watch.suspect[0], watch.attempt, watch.suspect[1])
