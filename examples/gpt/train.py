@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hang-rank", type=int, default=0)
     p.add_argument("--hang-attempt", type=int, default=0)
     p.add_argument("--step-sleep-s", type=float, default=0.0, help="pause after each step (pace a demo/test)")
+    p.add_argument("--slow-rank", type=int, default=None, help="this rank computes slower (a straggler)")
+    p.add_argument("--slow-s", type=float, default=0.05, help="extra compute seconds per step of --slow-rank")
     args = p.parse_args(argv)
     for name in (
         "steps",
@@ -320,18 +322,22 @@ def train_step(
     d: Dist,
     step: int,
     lr: float,
-) -> tuple[float, float]:
-    """One optimizer step at learning rate ``lr``; returns (this rank's loss, seconds taken)."""
+) -> tuple[float, float, float]:
+    """One optimizer step at learning rate ``lr``; returns (this rank's loss, seconds taken, seconds of this
+    rank's own compute before the gradient all-reduce: what differs between a straggler and the others)."""
     t0 = time.perf_counter()
     for group in opt.param_groups:
         group["lr"] = lr
+    if args.slow_rank == d.rank:
+        time.sleep(args.slow_s)  # stands for a slower GPU / thermal throttling on this rank
     x, y = get_batch(train, args.batch_size, args.block_size, batch_generator(args.seed, d.rank, step))
     _, loss = ddp(x.to(d.device), y.to(d.device))
+    compute_s = time.perf_counter() - t0
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    return loss.item(), time.perf_counter() - t0
+    return loss.item(), time.perf_counter() - t0, compute_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,11 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(start + 1, args.steps + 1):
         maybe_inject_fault(args, step, d.rank)
         lr = lr_at(step, args)
-        loss_value, dt = train_step(ddp, model, opt, splits.train, args, d, step, lr)
+        loss_value, dt, compute_s = train_step(ddp, model, opt, splits.train, args, d, step, lr)
         if step == start + 1:
             now = time.time()  # wall clock: benchmarks/launch.py compares it with the launch time
             print(f"rank {d.rank} first step done at {now:.6f}", flush=True)
-        metrics = {"loss": loss_value, "tokens_per_s": tokens_per_step / dt, "lr": lr}
+        metrics = {"loss": loss_value, "tokens_per_s": tokens_per_step / dt, "lr": lr, "step_time_s": dt,
+                   "compute_s": compute_s}
         last = step == args.steps
         if (args.eval_every and step % args.eval_every == 0) or last:
             metrics["val_loss"] = evaluate(model, splits.val, args, d)

@@ -54,3 +54,26 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Pa
     rank0_err = Path(next(r for r in doc["ranks"] if r["rank"] == 0)["log_err"]).read_text()
     assert "skipping corrupt checkpoint" in rank0_err
     assert not job_pids(job)
+
+
+def test_a_slow_rank_of_the_gpt_demo_is_a_straggler_and_its_step_time_is_exported(tmp_path: Path,
+                                                                                  home: Path) -> None:
+    """Rank 1 computes 80 ms longer each step (``--slow-rank``): DDP makes every rank's *step* equally long,
+    but the demo reports each rank's own ``compute_s`` too, so the supervisor names rank 1 and its node."""
+    command = [sys.executable, str(REPO / "examples" / "gpt" / "train.py"), "--steps", "30", *TINY,
+               "--ckpt-every", "0", "--slow-rank", "1", "--slow-s", "0.08"]
+    spec = {"name": "gpt-slow", "command": command, "nodes": 2, "grace_s": 2, "workdir": str(REPO),
+            "restart": {"max_restarts": 0}, "hang_timeout_s": 60, "env": {"PYTHONHASHSEED": "0"}}
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(spec))
+    out = tf(home, "run", str(path), "--detach")
+    assert out.returncode == 0, out.stderr
+    doc = finished(home, out.stdout.strip(), timeout=120)
+    assert doc["state"] == "succeeded", doc["reason"]
+    slow = events(doc, "straggler")
+    assert slow and {(e["rank"], e["node"]) for e in slow} == {(1, "1")}, [e["message"] for e in slow]
+    data = slow[0]["data"]
+    assert data["host"] == "local-1" and data["step_time_s"] >= 0.08 and data["ratio"] >= 2
+    latest = doc["latest"]["0"]
+    assert latest["step_time_s"] >= 0.08  # rank 0 waits for rank 1 in the all-reduce: its step is slow too
+    assert latest["compute_s"] < latest["step_time_s"]

@@ -306,6 +306,7 @@ def test_prometheus_exposition(client: TestClient, store: Store, home: Path, doc
     assert f'trainfleet_job_restarts{{job="{job.id}",name="delta"}} 1.0' in text
     assert f'trainfleet_job_step{{job="{job.id}",name="delta"}} 20.0' in text
     assert f'trainfleet_job_throughput{{job="{job.id}",name="delta"}} 1020.0' in text
+    assert f'trainfleet_job_step_time_seconds{{job="{job.id}",name="delta"}} 0.25' in text
     ratio = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                  if line.startswith(f'trainfleet_job_goodput_ratio{{job="{job.id}"'))
     # the job runs, so its wall time grows between the two reads: equal to status's to within 0.1 %

@@ -50,7 +50,8 @@ def seed_job(store: Store, home: Path, *, name: str = "demo", state: JobState = 
             store.upsert_rank(job_id, attempt, rank, node_rank=rank, local_rank=0, host="127.0.0.1",
                               pid=1000 + rank, state=JobState.RUNNING, log_out=str(out))
             store.add_metrics(job_id, attempt, [
-                MetricRow(rank, s, t0 + s, {"loss": 5.0 - 0.1 * s, "tokens_per_s": 1000.0 + s})
+                MetricRow(rank, s, t0 + s, {"loss": 5.0 - 0.1 * s, "tokens_per_s": 1000.0 + s,
+                                                   "step_time_s": 0.25})
                 for s in range(first, last + 1)])
         store.add_event(job_id, "attempt_started", f"attempt {attempt} started", attempt=attempt)
         if attempt == 0 and restart_at is not None:

@@ -158,8 +158,9 @@ class ProgressMonitor:
     """Per-rank progress: hang detection and step-time stragglers (see module doc).
 
     A rank is only watched for hangs after its first report (startup and scripts that never report are
-    not hangs). Step time is the reported ``step_time_s`` (or ``compute_s``) when the rank sends one, which
-    excludes time waiting for others; otherwise the time between its consecutive reports.
+    not hangs). Step time is the rank's own compute time: the reported ``compute_s`` (time before it waits
+    for the others, e.g. the forward pass of a DDP step), else ``step_time_s``, else the time between its
+    consecutive reports.
     """
 
     def __init__(self, hang_timeout_s: float, *, straggler_factor: float = 2.0, window: int = 8) -> None:
@@ -184,7 +185,7 @@ class ProgressMonitor:
             return
         if rp.step is not None and step <= rp.step:
             return
-        explicit = values.get("step_time_s", values.get("compute_s"))
+        explicit = values.get("compute_s", values.get("step_time_s"))
         if explicit is not None and explicit > 0:
             rp.times.append(float(explicit))
         elif rp.step is not None and rp.last_ts is not None and ts > rp.last_ts:

@@ -8,6 +8,7 @@ reading (several Prometheus replicas, or a dashboard tab, then cost the database
     trainfleet_job_goodput_ratio{job,name}     goodput ratio (0..1)    } (pending or running;
     trainfleet_job_step{job,name}              slowest rank's step     }  at most ACTIVE_MAX jobs)
     trainfleet_job_throughput{job,name}        rank 0's tokens/samples per second
+    trainfleet_job_step_time_seconds{job,name} rank 0's last step time (its step_time_s)
     trainfleet_suspect_nodes                   nodes suspect or quarantined in the node history
     trainfleet_nodes{state}                    nodes with a history, by state (healthy/suspect/quarantined)
     trainfleet_doctor_findings{severity}       findings of the latest doctor report
@@ -80,6 +81,8 @@ class StoreCollector(Collector):
         rate = GaugeMetricFamily("trainfleet_job_throughput",
                                  "Rank 0's reported throughput (tokens_per_s, samples_per_s or throughput).",
                                  labels=labels)
+        step_time = GaugeMetricFamily("trainfleet_job_step_time_seconds",
+                                      "Rank 0's last reported step time (step_time_s).", labels=labels)
         active = queries.active_jobs(self.store, limit=ACTIVE_MAX)
         ids = [j["id"] for j in active]
         latest = queries.latest_for_jobs(self.store, ids)
@@ -99,7 +102,10 @@ class StoreCollector(Collector):
             value = queries.throughput(rows)
             if value is not None:
                 rate.add_metric(key, value)
-        yield from (restarts, goodput, step, rate)
+            seconds = queries.throughput(rows, ("step_time_s",))
+            if seconds is not None:
+                step_time.add_metric(key, seconds)
+        yield from (restarts, goodput, step, rate, step_time)
 
 
 def registry_for(store: Store, fleet: FleetSource) -> CollectorRegistry:

@@ -78,12 +78,13 @@ def goodput_ratio(goodput: dict[str, Any] | None) -> float | None:
     return None if goodput is None else goodput.get("ratio")
 
 
-def throughput(latest: dict[int, MetricRow]) -> float | None:
-    """Rank 0's (else the lowest rank's) reported throughput: the first of ``THROUGHPUT_KEYS`` it has."""
+def throughput(latest: dict[int, MetricRow], keys: Sequence[str] = THROUGHPUT_KEYS) -> float | None:
+    """Rank 0's (else the lowest rank's) reported throughput: the first of ``keys`` it has (pass
+    ``("step_time_s",)`` for its step time)."""
     if not latest:
         return None
     values = latest[min(latest)].values
-    for key in THROUGHPUT_KEYS:
+    for key in keys:
         value = values.get(key)
         if isinstance(value, int | float):
             return float(value)
