@@ -77,3 +77,25 @@ def test_a_slow_rank_of_the_gpt_demo_is_a_straggler_and_its_step_time_is_exporte
     latest = doc["latest"]["0"]
     assert latest["step_time_s"] >= 0.08  # rank 0 waits for rank 1 in the all-reduce: its step is slow too
     assert latest["compute_s"] < latest["step_time_s"]
+
+
+def test_a_rank_stuck_before_its_first_step_is_hung_after_the_startup_timeout(tmp_path: Path,
+                                                                              home: Path) -> None:
+    """Rank 1 hangs before step 1, so no rank ever reports (rank 0 waits in the first all-reduce): without a
+    report the hang timeout cannot fire, ``startup_timeout_s`` does; the stacks name rank 1 and the restart
+    trains to the end."""
+    command = [sys.executable, str(REPO / "examples" / "gpt" / "train.py"), "--steps", "8", *TINY,
+               "--ckpt-every", "0", "--hang-at-step", "1", "--hang-rank", "1", "--hang-attempt", "0"]
+    spec = {"name": "gpt-stuck", "command": command, "nodes": 2, "grace_s": 2, "workdir": str(REPO),
+            "restart": {"max_restarts": 1, "backoff_s": 0}, "hang_timeout_s": 60, "startup_timeout_s": 12,
+            "env": {"PYTHONHASHSEED": "0"}}
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(spec))
+    out = tf(home, "run", str(path), "--detach")
+    assert out.returncode == 0, out.stderr
+    doc = finished(home, out.stdout.strip(), timeout=120)
+    assert doc["state"] == "succeeded" and doc["restarts"] == 1, doc["reason"]
+    (hang,) = events(doc, "rank_hung")
+    assert hang["rank"] == 1 and "no progress reported in" in hang["message"]
+    assert "startup_timeout_s 12" in hang["message"] and hang["data"]["odd_ranks"] == [1]
+    assert 12 <= hang["data"]["silent_s"] < 30

@@ -53,6 +53,19 @@ def test_a_rank_hangs_only_after_its_first_report_and_only_while_it_lives() -> N
     assert mon.hung(now=30.0) == []
 
 
+def test_with_a_startup_timeout_a_rank_that_never_reports_is_hung() -> None:
+    mon = ProgressMonitor(hang_timeout_s=4.0, startup_timeout_s=20.0)
+    mon.started(0, node=0, now=100.0)
+    mon.started(1, node=1, now=101.0)
+    mon.progress(0, 1, ts=1.0, values={}, now=110.0)
+    assert (mon.timeout_for(0), mon.timeout_for(1)) == (4.0, 20.0)
+    assert [rank for rank, _, _ in mon.hung(now=113.0)] == []
+    assert [(rank, silent) for rank, _, silent in mon.hung(now=121.5)] == [(1, 20.5), (0, 11.5)]
+    hang = RankHung(1, 1, None, 20.5, mon.timeout_for(1))
+    assert hang.describe() == ("node 1 rank 1 hung: no progress reported in 20.5s since it started "
+                               "(startup_timeout_s 20)")
+
+
 def test_a_rank_whose_step_time_exceeds_k_times_the_others_is_a_straggler_once() -> None:
     mon = ProgressMonitor(hang_timeout_s=60, straggler_factor=2.0, window=4)
     for rank in range(4):

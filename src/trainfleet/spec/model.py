@@ -102,6 +102,10 @@ class JobSpec(BaseModel):
     )
     restart: RestartPolicy = Field(default_factory=RestartPolicy, description="Restart policy.")
     hang_timeout_s: Seconds = Field(300.0, gt=0, description="A rank without progress this long is hung.")
+    startup_timeout_s: Seconds | None = Field(
+        None, gt=0, description="A rank that has not reported any progress this long after it started is "
+        "hung (e.g. stuck in rendezvous or NCCL init). Off by default: a script that never calls "
+        "trainfleet.report() is not a hang.")
     straggler_factor: Finite = Field(
         2.0, gt=1, description="A rank is a straggler when its median step time over the window exceeds "
         "this many times the median of the other ranks.")

@@ -94,6 +94,7 @@ class AttemptWatch:
         self.exits: dict[int, RankExited] = {}
         self.heartbeats = HeartbeatMonitor(self.spec.heartbeat_interval_s, HEARTBEAT_MISSES)
         self.progress = ProgressMonitor(self.spec.hang_timeout_s, straggler_factor=sup.straggler_factor,
+                                        startup_timeout_s=self.spec.startup_timeout_s,
                                         window=sup.straggler_window)
         self.cause: str | None = None
         self.teardown_deadline: float | None = None
@@ -214,7 +215,7 @@ class AttemptWatch:
                 self._send(conn, Stop(self.cause or sup.cancel_reason or "stopping"))
         elif isinstance(msg, RankStarted):
             sup.view.ranks[msg.rank].state = JobState.RUNNING
-            self.progress.started(msg.rank, msg.node_rank)
+            self.progress.started(msg.rank, msg.node_rank, time.monotonic())
             sup.store.upsert_rank(job, att, msg.rank, node_rank=msg.node_rank, local_rank=msg.local_rank,
                                   host=sup.node_name(msg.node_rank), pid=msg.pid or None,
                                   state=JobState.RUNNING, started_at=msg.started_at, log_out=msg.log_out,
@@ -358,7 +359,7 @@ class AttemptWatch:
         assert self.dump is not None
         hang, fault_ts, data = self.dump.verdict(
             self.sup.store, self.sup.job_id, self.attempt, node_of=lambda r: self.sup.view.ranks[r].node_rank,
-            last_step=self.progress.last_step, timeout_s=self.spec.hang_timeout_s)
+            last_step=self.progress.last_step, timeout_of=self.progress.timeout_for)
         self._fail(hang, fault_ts=fault_ts, detected_ts=self.dump.detected_ts, data=data)
 
     def _fail(self, failure: Failure, *, fault_ts: float, detected_ts: float | None = None,

@@ -47,7 +47,7 @@ class HangDump:
         return len(self.answers) >= len(self.asked) or now >= self.deadline
 
     def verdict(self, store: Store, job_id: str, attempt: int, *, node_of: Callable[[int], int],
-                last_step: Callable[[int], int | None], timeout_s: float
+                last_step: Callable[[int], int | None], timeout_of: Callable[[int], float]
                 ) -> tuple[RankHung, float, dict[str, Any]]:
         """Name the hung rank, record the ``stacks_dumped`` event; returns the failure, when the hang began
         (epoch seconds) and the failure event's extra data."""
@@ -55,7 +55,7 @@ class HangDump:
         silent = {rank: s for rank, _, s in self.hung}
         rank, why, stacks, odd = blame_hang(files, list(silent))
         silent_s = silent.get(rank, self.hung[0][2])
-        hang = RankHung(node_of(rank), rank, last_step(rank), silent_s, timeout_s, why)
+        hang = RankHung(node_of(rank), rank, last_step(rank), silent_s, timeout_of(rank), why)
         paths = {str(r): s.path for r, s in sorted(stacks.items())}
         store.add_event(job_id, "stacks_dumped", f"stacks of {len(stacks)} ranks in {self.directory}; "
                         f"odd rank out: {', '.join(map(str, odd)) or 'none'}", attempt=attempt,

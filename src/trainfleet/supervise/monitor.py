@@ -85,6 +85,9 @@ class RankHung:
 
     def describe(self) -> str:
         extra = f"; {self.reason}" if self.reason else ""
+        if self.last_step is None:
+            return (f"node {self.node} rank {self.rank} hung: no progress reported in {self.silent_s:.1f}s "
+                    f"since it started (startup_timeout_s {self.timeout_s:g}){extra}")
         return (f"node {self.node} rank {self.rank} hung: no progress for {self.silent_s:.1f}s "
                 f"(hang_timeout_s {self.timeout_s:g}) after step {self.last_step}{extra}")
 
@@ -148,6 +151,7 @@ class HeartbeatMonitor:
 class _RankProgress:
     node: int
     step: int | None = None
+    started: float | None = None  # monotonic time the process started
     last_progress: float | None = None  # monotonic time of the last new step (None: never reported)
     last_ts: float | None = None  # the rank's own timestamp of that step
     times: deque[float] = field(default_factory=deque)
@@ -163,16 +167,25 @@ class ProgressMonitor:
     consecutive reports.
     """
 
-    def __init__(self, hang_timeout_s: float, *, straggler_factor: float = 2.0, window: int = 8) -> None:
+    def __init__(self, hang_timeout_s: float, *, straggler_factor: float = 2.0, window: int = 8,
+                 startup_timeout_s: float | None = None) -> None:
         self.hang_timeout_s = hang_timeout_s
+        self.startup_timeout_s = startup_timeout_s
         self.factor = straggler_factor
         self.window = window
         self.ranks: dict[int, _RankProgress] = {}
         self.paused = False
 
-    def started(self, rank: int, node: int) -> None:
-        """A rank's process is running on ``node``."""
-        self.ranks.setdefault(rank, _RankProgress(node))
+    def started(self, rank: int, node: int, now: float | None = None) -> None:
+        """A rank's process is running on ``node`` since ``now`` (monotonic)."""
+        self.ranks.setdefault(rank, _RankProgress(node, started=now))
+
+    def timeout_for(self, rank: int) -> float:
+        """The timeout that applies to ``rank`` now: ``startup_timeout_s`` before its first report."""
+        rp = self.ranks.get(rank)
+        if rp is not None and rp.last_progress is None and self.startup_timeout_s is not None:
+            return self.startup_timeout_s
+        return self.hang_timeout_s
 
     def exited(self, rank: int) -> None:
         """A rank is gone: it can no longer hang."""
@@ -200,6 +213,10 @@ class ProgressMonitor:
             return []
         out = [(rank, rp, now - rp.last_progress) for rank, rp in self.ranks.items()
                if rp.last_progress is not None and now - rp.last_progress > self.hang_timeout_s]
+        if self.startup_timeout_s is not None:  # never reported since it started
+            out += [(rank, rp, now - rp.started) for rank, rp in self.ranks.items()
+                    if rp.last_progress is None and rp.started is not None
+                    and now - rp.started > self.startup_timeout_s]
         return sorted(out, key=lambda item: -item[2])
 
     def last_step(self, rank: int) -> int | None:
