@@ -82,7 +82,7 @@ def test_compute_probe_tables_and_bad_input(tmp_path: Path) -> None:
     assert {f["reason"] for f in report["findings"]} == {"below expected for cpu-gloo"}
     for args, needle in (
         (["probe", "bogus"], "probe 'bogus': expected allreduce, pairs or compute"),
-        (["probe", "pairs", "--backend", "slurm"], "--backend 'slurm': expected local or netns"),
+        (["probe", "pairs", "--backend", "k8s"], "--backend 'k8s': expected local, netns, slurm"),
         (["probe", "pairs", "--size", "lots"], "--size: cannot read 'lots' as a size"),
         (["probe", "pairs", "--bisect"], "--bisect goes with the allreduce probe"),
         (["probe", "compute", "--expected", str(tmp_path / "nope.yaml")], "nope.yaml: cannot read"),

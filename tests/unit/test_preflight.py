@@ -15,7 +15,7 @@ from trainfleet.health.probes.records import pair_matrix, parse_probe_output
 from trainfleet.spec import JobSpec
 from trainfleet.spec.load import load_spec
 from trainfleet.store import Store, open_store
-from trainfleet.supervise.preflight import run_preflight
+from trainfleet.supervise.preflight import preflight_candidates, run_preflight
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 HOSTS = ["tfh1", "tfh2", "tfh3", "tfh4"]
@@ -127,3 +127,26 @@ def test_preflight_past_its_deadline_fails_without_starting_a_probe(store: Store
     result = run_preflight(spec(2, allreduce={"min_busbw_gbps": 0.5}, timeout_s=0.5), HOSTS, "local", store)
     assert not result.ok and result.reason == "preflight timed out after 0.5s"
     assert result.probe_jobs == [] and store.list_jobs() == []
+
+
+def test_on_slurm_the_candidates_skip_nodes_the_backend_already_avoids(store: Store) -> None:
+    from trainfleet.backends.netns import NetnsBackend
+    from trainfleet.backends.slurm.backend import SlurmBackend
+
+    slurm_nodes = ["node1", "node2", "node3", "node4"]
+    avoiding = SlurmBackend(exclude=["node2"], partition="debug")  # static here; history suspects alike
+    assert preflight_candidates(slurm_nodes, avoiding, 3) == ["node1", "node3", "node4"]
+    assert preflight_candidates(slurm_nodes, avoiding, 4) == slurm_nodes  # never fewer than the job needs
+    assert preflight_candidates(slurm_nodes, SlurmBackend(), 2) == slurm_nodes
+    assert preflight_candidates(HOSTS, NetnsBackend(), 2) == HOSTS  # the supervisor places netns nodes
+
+    # the gate names Slurm nodes as it names testbed hosts: the recording's tfh3 is node3 here
+    by_host = group_busbw("pairs_4hosts_tfh3_1000mbit.jsonl")
+
+    def measure(group: tuple[str, ...]) -> float:
+        return by_host(tuple(name.replace("node", "tfh") for name in group))
+
+    result = run_preflight(spec(2, allreduce={"min_busbw_gbps": 0.5}), slurm_nodes, avoiding, store,
+                           job_id="5107f00d", measure=measure)
+    assert list(result.excluded) == ["node3"] and result.ok and result.chosen == ["node1", "node2"]
+    assert store.node("node3").state == "suspect" and store.node("node3").last_job_id == "5107f00d"

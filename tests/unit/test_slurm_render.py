@@ -49,6 +49,44 @@ def test_script_with_exclusions_and_partition_matches_the_golden_file() -> None:
     assert "#SBATCH --exclude=node1,node3\n" in script
 
 
+def test_script_pinned_to_a_nodelist_matches_the_golden_file() -> None:
+    script = render_script(SPEC, PLAN, nodelist=["node3", "node1", "node3"], partition="debug")
+    assert script == golden("attempt1_nodelist.sbatch", script)
+    pinned = "#SBATCH --nodelist=node1,node3\n"
+    assert pinned in script
+    # the only difference from the same attempt without a nodelist is that one directive
+    assert script.replace(pinned, "") == render_script(SPEC, PLAN, partition="debug")
+    assert "--nodelist" not in render_script(SPEC, PLAN) and "--nodelist" not in render_script(
+        SPEC, PLAN, exclude=["node2"])
+    with_exclude = render_script(SPEC, PLAN, nodelist=["node1"], exclude=["node2"])
+    assert "#SBATCH --nodelist=node1\n#SBATCH --exclude=node2\n" in with_exclude
+
+
+@pytest.mark.parametrize(("nodelist", "exclude", "message"), [
+    (["node 1"], [], "nodelist: 'node 1' is not a Slurm node name"),
+    (["node1\n#SBATCH --uid=0"], [], r"nodelist: 'node1\\n#SBATCH --uid=0' is not a Slurm node name"),
+    (["$(x)"], [], r"nodelist: '\$\(x\)' is not a Slurm node name"),
+    (["node1", "node2", "node3"], [], r"nodelist: 3 nodes named \(node1,node2,node3\) but the job asks "
+                                      "for 2"),
+    (["node1", "node2"], ["node2"], "nodelist: node2 also excluded; Slurm cannot run the job"),
+])
+def test_bad_nodelists_are_refused(nodelist: list[str], exclude: list[str], message: str) -> None:
+    with pytest.raises(BackendError, match=message):
+        render_script(SPEC, PLAN, nodelist=nodelist, exclude=exclude)
+
+
+def test_backend_pinned_to_nodes_renders_them_and_never_excludes_one() -> None:
+    backend = SlurmBackend(nodelist=["node4", "node2"], partition="debug")
+    script = backend.render(SPEC, PLAN).script
+    assert "#SBATCH --nodelist=node2,node4\n" in script and "#SBATCH --partition=debug\n" in script
+    backend.exclude_nodes(["node2"], wanted=2)  # the supervisor blames a pinned node: it stays pinned
+    assert backend.exclude == () and "--exclude" not in backend.render(SPEC, PLAN).script
+    with pytest.raises(BackendError, match="node2 both in nodelist and exclude"):
+        SlurmBackend(nodelist=["node2"], exclude=["node2"])
+    with pytest.raises(BackendError, match="nodelist: 'node 2' is not a Slurm node name"):
+        SlurmBackend(nodelist=["node 2"])
+
+
 def test_request_matches_the_golden_json() -> None:
     request = render_request(SPEC, PLAN).to_dict()
     text = json.dumps(request, indent=2) + "\n"

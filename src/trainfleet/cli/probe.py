@@ -1,10 +1,11 @@
 """``trainfleet probe allreduce|pairs|compute``: measure the fabric (or the devices) the way a job uses it.
 
-Each probe runs as a job (recorded in the job database, results stored per node) on the ``local`` backend
-or across the namespaced testbed (``--backend netns``), then judges the numbers against the fleet median and
-a hardware class (``--class``; shipped table overridable with ``--expected FILE``). Rich tables, or one
-JSON object with ``--json``. Exit status: 0 nothing blamed, 1 a node/link/group blamed or the probe job
-failed, 2 bad input.
+Each probe runs as a job (recorded in the job database, results stored per node) on the ``local`` backend,
+across the namespaced testbed (``--backend netns``) or on Slurm nodes (``--backend slurm``: pinned to
+``--hosts``, else to the first ``--nodes`` usable nodes of ``--partition`` as ``sinfo`` lists them), then
+judges the numbers against the fleet median and a hardware class (``--class``; shipped table overridable
+with ``--expected FILE``). Rich tables, or one JSON object with ``--json``. Exit status: 0 nothing blamed,
+1 a node/link/group blamed or the probe job failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ def probe_cmd(
     nodes: int | None = typer.Option(None, "--nodes", "-n", min=1,
                                      help="Nodes, one agent each (default 2, or the --hosts count)."),
     procs_per_node: int = typer.Option(1, "--procs-per-node", min=1, help="Ranks per node."),
-    backend: str = typer.Option("local", "--backend", help="local, or netns (the namespaced testbed)."),
+    backend: str = typer.Option("local", "--backend",
+                                help="local, netns (the namespaced testbed) or slurm (a Slurm cluster)."),
     hosts: str | None = typer.Option(None, "--hosts", metavar="H1,H2,...",
-                                     help="Node names to use (netns: testbed hosts, default tfh1..tfhN)."),
+                                     help="Node names to use (netns: testbed hosts, default tfh1..tfhN; "
+                                     "slurm: node names, default the first usable nodes)."),
+    partition: str | None = typer.Option(None, "--partition", help="slurm: pick nodes of this partition."),
     sizes: str = typer.Option("1K..64M", "--sizes", help="allreduce: sizes, a range (1K..1G) or a list."),
     factor: int = typer.Option(4, "--factor", min=2, help="allreduce: step between sizes of a range."),
     ops: str = typer.Option("all_reduce,all_gather,reduce_scatter", "--ops", help="allreduce: collectives."),
@@ -58,7 +62,9 @@ def probe_cmd(
     if kind not in ("allreduce", "pairs", "compute"):
         raise UsageError(f"probe {kind!r}: expected allreduce, pairs or compute")
     if backend not in PROBE_BACKENDS:
-        raise UsageError(f"--backend {backend!r}: expected {' or '.join(PROBE_BACKENDS)}")
+        raise UsageError(f"--backend {backend!r}: expected {', '.join(PROBE_BACKENDS)}")
+    if partition is not None and backend != "slurm":
+        raise UsageError("--partition goes with --backend slurm")
     if bisect and kind != "allreduce":
         raise UsageError("--bisect goes with the allreduce probe")
     classes = load_expectations(expected)
@@ -83,10 +89,12 @@ def probe_cmd(
                 if exp is None:
                     raise UsageError("--bisect needs --min-busbw (the class has no all-reduce expectation)")
                 gate = exp.low
-            names = node_labels(backend, nodes, host_list)
-            report = run_bisect(request, store=store, backend=backend, hosts=names, min_busbw_gbps=gate)
+            names = node_labels(backend, nodes, host_list, partition=partition)
+            report = run_bisect(request, store=store, backend=backend, hosts=names, min_busbw_gbps=gate,
+                                partition=partition)
         else:
-            report = run_probe(request, store=store, backend=backend, hosts=host_list, hw=hw)
+            report = run_probe(request, store=store, backend=backend, hosts=host_list, hw=hw,
+                               partition=partition)
     if as_json:
         json.dump(report_json(report), sys.stdout)
         sys.stdout.write("\n")
@@ -206,7 +214,8 @@ def _findings_table(findings: list[Any]) -> Table:
 
 @app.command("probe-history")
 def probe_history_cmd(
-    node: str = typer.Argument(..., metavar="NODE", help="Node name as probes report it (tfh3, local-0)."),
+    node: str = typer.Argument(..., metavar="NODE",
+                               help="Node name as probes report it (tfh3, local-0, a Slurm node)."),
     metric: str | None = typer.Option(None, "--metric", help="Only this metric (e.g. pair_bw_gbps)."),
     limit: int = typer.Option(50, "--limit", min=1, help="Newest results to show."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),

@@ -12,7 +12,9 @@ Checks, from the spec's ``preflight`` block, in order (a node excluded by one is
   judged (noted in ``notes``).
 * ``allreduce``: one all-reduce job over all remaining nodes at ``size``; if its busbw is below
   ``min_busbw_gbps`` the slow node(s) are found by bisection (``probes.bisect``: O(log N) rounds of
-  all-reduce jobs on halves) and excluded. A set that is slow only as a whole is excluded whole.
+  all-reduce jobs on halves) and excluded. A set that is slow only as a whole is excluded whole. A probe
+  job that fails counts as slow; one the engine never started (refused, queued past the deadline) fails
+  the preflight and blames nobody.
 
 On a backend that places nodes itself (Slurm) the candidates are the engine's usable nodes (the
 supervisor's pool, minus the nodes the backend already avoids: suspect or quarantined in the node history),
@@ -46,6 +48,10 @@ _SEVERITY_RANK = {"error": 2, "warning": 1, "info": 0}
 
 class PreflightTimeout(Exception):
     """The preflight's time ran out before a measurement could start."""
+
+
+class ProbeNotStarted(Exception):
+    """A probe job never started (the engine refused it or never ran it): nothing is known of its nodes."""
 
 
 @dataclass
@@ -121,6 +127,9 @@ def probe_measure(backend: str, store: Store, size: str, deadline: float, jobs: 
         report = run_probe(request, store=store, backend=backend, hosts=list(group), partition=partition,
                            workdir=workdir)
         jobs.append(report.job_id)
+        if not report.started:  # e.g. sbatch refused a job that large: no node is to blame
+            raise ProbeNotStarted(f"probe job {report.job_id} over {','.join(group)} did not start on "
+                                  f"{backend}: {report.reason or report.state}")
         value = report.largest_busbw()
         return value if report.ok and value is not None else 0.0
 
@@ -172,6 +181,9 @@ def run_preflight(spec: JobSpec, nodes: Sequence[str], backend: Any, store: Stor
         except PreflightTimeout:
             result.ok = False
             result.reason = f"preflight timed out after {gate.timeout_s:g}s"
+        except ProbeNotStarted as exc:
+            result.ok = False
+            result.reason = f"preflight: {exc}"
     result.chosen = result.healthy[: spec.nodes]
     if result.ok and len(result.healthy) < spec.nodes:
         result.ok = False

@@ -21,6 +21,10 @@ Slurm places the nodes (``places_nodes``): ``node_names`` gives the allocation (
 the order of ``$SLURM_NODEID``), ``node_pool`` the usable (not drained, down or failing) nodes of the
 partition for a preflight, and ``supervisor_host`` where the supervisor must listen (``slurm.address``).
 
+Pinned nodes: ``nodelist`` (e.g. a probe job over chosen nodes) renders ``--nodelist``: every attempt runs
+on exactly those nodes (with as many job nodes as names), ``node_pool`` offers only them, and no exclusion
+(history or blame) ever names one of them (sbatch would refuse the job).
+
 Nodes to avoid: the ``exclude`` given at construction, plus the suspect and quarantined nodes in the store's
 node history (``Store.nodes()``: the supervisor blames nodes by their Slurm names) that this cluster knows,
 plus the nodes named by ``exclude_nodes`` (the supervisor's hook when it blames one). The set is refreshed
@@ -94,8 +98,13 @@ class SlurmBackend:
     places_nodes = True  # Slurm chooses the nodes; the supervisor learns them from ``node_names``
 
     def __init__(self, *, exclude: Iterable[str] = (), partition: str | None = None,
-                 store_factory: Callable[[], Store] | None = None, poll_s: float = 1.0) -> None:
+                 nodelist: Iterable[str] = (), store_factory: Callable[[], Store] | None = None,
+                 poll_s: float = 1.0) -> None:
         self.static_exclude = check_node_names(exclude)
+        self.nodelist = check_node_names(nodelist, field="nodelist")
+        both = sorted(set(self.nodelist) & set(self.static_exclude))
+        if both:
+            raise BackendError(f"slurm backend: {','.join(both)} both in nodelist and exclude")
         self.partition = partition
         self.poll_s = poll_s
         self._store_factory = store_factory
@@ -124,7 +133,8 @@ class SlurmBackend:
 
     def render(self, spec: JobSpec, plan: AttemptPlan) -> Request:
         """The sbatch script of ``plan`` (``Request.script``), excluding ``self.exclude``; pure."""
-        return render_request(spec, plan, exclude=self._exclude, partition=self.partition)
+        return render_request(spec, plan, exclude=self._exclude, partition=self.partition,
+                              nodelist=self.nodelist)
 
     def submit(self, request: Request) -> JobHandle:
         """Create the attempt's log directories, then ``sbatch --parsable`` the script (stdin)."""
@@ -231,14 +241,16 @@ class SlurmBackend:
 
     def node_pool(self, count: int) -> list[str]:
         """The nodes a job of this backend may get now (for a preflight): usable nodes of the partition (not
-        drained, down or failing), minus the static exclusions, in Slurm's order; ``count`` is not a limit
-        (Slurm picks among all of them). Raises ``BackendError`` when sinfo cannot be read."""
+        drained, down or failing), minus the static exclusions (only the pinned ones with a ``nodelist``), in
+        Slurm's order; ``count`` is not a limit (Slurm picks among all of them). Raises ``BackendError`` when
+        sinfo cannot be read."""
         try:
             nodes = parse_sinfo_json(slurm_command(["sinfo", "--json"]))
         except EngineOutputError as exc:
             raise BackendError(f"slurm: {exc}") from None
         return [node.name for node in nodes if self._in_partition(node) and node.is_usable
-                and node.name not in self.static_exclude]
+                and node.name not in self.static_exclude
+                and (not self.nodelist or node.name in self.nodelist)]
 
     def _in_partition(self, node: SlurmNode) -> bool:
         return self.partition is None or self.partition in node.partitions
@@ -251,8 +263,10 @@ class SlurmBackend:
 
     def refresh_exclusions(self, *, wanted: int = 1) -> tuple[str, ...]:
         """Recompute ``exclude``: static + node history (suspect/quarantined) + nodes blamed here, limited to
-        nodes this cluster has, and never so many that fewer than ``wanted`` usable nodes remain."""
+        nodes this cluster has, never a pinned node (``nodelist``), and never so many that fewer than
+        ``wanted`` usable nodes remain."""
         names = set(self.static_exclude) | self._failed_here | set(self._history_exclusions())
+        names -= set(self.nodelist)
         if names - set(self.static_exclude):
             try:
                 nodes = parse_sinfo_json(slurm_command(["sinfo", "--json"]))

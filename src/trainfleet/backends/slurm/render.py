@@ -1,8 +1,9 @@
 """One attempt of a job rendered as an sbatch script: pure text, no I/O (golden-tested, shown by --dry-run).
 
-The script asks Slurm for ``spec.nodes`` nodes with one task each, then ``srun`` starts the very same agent
-the local backend runs (``trainfleet.runtime.agent``) once per node; the agent takes its node rank from
-``$SLURM_NODEID`` and spawns ``procs_per_node`` ranks with the usual environment contract. ``MASTER_ADDR`` is
+The script asks Slurm for ``spec.nodes`` nodes with one task each (pinned to ``nodelist`` when given, as
+probe jobs are; avoiding ``exclude``), then ``srun`` starts the very same agent the local backend runs
+(``trainfleet.runtime.agent``) once per node; the agent takes its node rank from ``$SLURM_NODEID`` and
+spawns ``procs_per_node`` ranks with the usual environment contract. ``MASTER_ADDR`` is
 the first host of the allocation, computed by the script and handed to every agent.
 
 Quoting: ``#SBATCH`` lines are read by sbatch, not by a shell, so they only carry values trainfleet controls
@@ -73,19 +74,38 @@ def agent_log_pattern(plan: AttemptPlan) -> str:
     return f"{attempt_dir(plan)}/node-%n/agent.log"
 
 
-def check_node_names(names: Iterable[str]) -> tuple[str, ...]:
-    """Sorted, de-duplicated node names; raises ``BackendError`` for one Slurm could not name."""
+def check_node_names(names: Iterable[str], *, field: str = "exclude") -> tuple[str, ...]:
+    """Sorted, de-duplicated node names; raises ``BackendError`` (naming ``field``) for one Slurm could not
+    name."""
     out = sorted(set(names))
     for name in out:
         if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
-            raise BackendError(f"exclude: {name!r} is not a Slurm node name")
+            raise BackendError(f"{field}: {name!r} is not a Slurm node name")
     return tuple(out)
 
 
+def check_nodelist(spec: JobSpec, nodelist: Iterable[str], excluded: Iterable[str]) -> tuple[str, ...]:
+    """The nodes an attempt is pinned to (``--nodelist``), checked: valid names, no more of them than the
+    job's nodes (sbatch refuses that), none also excluded (sbatch refuses that too)."""
+    pinned = check_node_names(nodelist, field="nodelist")
+    if len(pinned) > spec.nodes:
+        raise BackendError(f"nodelist: {len(pinned)} nodes named ({','.join(pinned)}) but the job asks for "
+                           f"{spec.nodes}")
+    both = sorted(set(pinned) & set(excluded))
+    if both:
+        raise BackendError(f"nodelist: {','.join(both)} also excluded; Slurm cannot run the job")
+    return pinned
+
+
 def render_script(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = (),
-                  partition: str | None = None) -> str:
-    """The sbatch script of one attempt; the same inputs always give the same text."""
+                  partition: str | None = None, nodelist: Iterable[str] = ()) -> str:
+    """The sbatch script of one attempt; the same inputs always give the same text.
+
+    ``nodelist`` pins the attempt to those nodes (``--nodelist``; Slurm picks the rest when it names fewer
+    than ``spec.nodes``); without it Slurm chooses among all nodes not in ``exclude``.
+    """
     excluded = check_node_names(exclude)
+    pinned = check_nodelist(spec, nodelist, excluded)
     directives = [
         f"--job-name={slurm_job_name(spec, plan)}",
         f"--nodes={spec.nodes}",
@@ -98,6 +118,8 @@ def render_script(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = 
     ]
     if partition is not None:
         directives.append(f"--partition={partition}")
+    if pinned:
+        directives.append(f"--nodelist={','.join(pinned)}")
     if excluded:
         directives.append(f"--exclude={','.join(excluded)}")
     for directive in directives:
@@ -150,9 +172,9 @@ def _tcp_path(supervisor_addr: str) -> str:
 
 
 def render_request(spec: JobSpec, plan: AttemptPlan, *, exclude: Iterable[str] = (),
-                   partition: str | None = None) -> Request:
+                   partition: str | None = None, nodelist: Iterable[str] = ()) -> Request:
     """The attempt as a ``Request``: ``script`` is the sbatch text; ``agents`` describe what srun starts."""
-    script = render_script(spec, plan, exclude=exclude, partition=partition)
+    script = render_script(spec, plan, exclude=exclude, partition=partition, nodelist=nodelist)
     agents = [
         AgentLaunch(node_rank=node, argv=agent_argv(spec, plan, None), env=agent_env(spec), cwd=spec.workdir,
                     log_path=agent_log_pattern(plan).replace("%n", str(node)))

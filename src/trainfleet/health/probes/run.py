@@ -1,11 +1,13 @@
-"""Run a probe as a job: a ``JobSpec`` whose command is the probe worker, supervised like any job, on any
-backend that can place nodes (``local``, ``netns``); then read the JSON lines back from the rank logs.
+"""Run a probe as a job: a ``JobSpec`` whose command is the probe worker, supervised like any job, on the
+``local``, ``netns`` or ``slurm`` backend; then read the JSON lines back from the rank logs.
 
     report = run_probe(ProbeRequest("pairs", nodes=4), backend="netns", store=store)
     report.findings  # slow nodes first, then slow links
 
 Node names come from the backend's placement, by rank: node ``n`` of a netns job is its host ``tfhK``; on
-the local backend nodes are ``local-0..local-N-1`` (every rank shares one hostname there). The probe job is
+the local backend nodes are ``local-0..local-N-1`` (every rank shares one hostname there); on Slurm the job
+is pinned to its nodes (``--nodelist``: the given ones, else the first usable ones of the partition,
+``slurm_nodes``) and named by its allocation (Slurm numbers the nodes in its own order). The probe job is
 recorded in the job database like any other (``trainfleet status`` shows it) and each node's result is
 stored with it (``probes.store``). Judging is ``judge.py``; bisection is ``bisect.py``.
 """
@@ -51,7 +53,8 @@ ProbeKind = Literal["allreduce", "pairs", "compute"]
 PROBE_KINDS: tuple[str, ...] = ("allreduce", "pairs", "compute")
 WORKER_MODULE = "trainfleet.health.probes.worker"
 LOCAL_NODE_PREFIX = "local-"
-PROBE_BACKENDS = ("local", "netns")
+PROBE_BACKENDS = ("local", "netns", "slurm")
+PINNED_BACKENDS = ("netns", "slurm")  # a probe job runs exactly on the nodes it names
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,11 @@ class ProbeRequest:
 
 @dataclass
 class ProbeReport:
-    """One probe run: its job, the nodes by rank, the records, and the judged findings (worst first)."""
+    """One probe run: its job, the nodes by rank, the records, and the judged findings (worst first).
+
+    ``started`` is False when the engine never started the job (sbatch refused it, it stayed queued until
+    its deadline, the testbed was down): then its failure says nothing about the nodes.
+    """
 
     kind: str
     backend: str
@@ -120,6 +127,7 @@ class ProbeReport:
     findings: list[Finding] = field(default_factory=list)
     elapsed_s: float = 0.0
     bisect: BisectResult | None = None
+    started: bool = True
 
     @property
     def ok(self) -> bool:
@@ -152,8 +160,15 @@ class ProbeReport:
         return {n: ("all_reduce_busbw_gbps", value) for n in dict.fromkeys(self.nodes)}
 
 
-def node_labels(backend: str, nodes: int, hosts: Sequence[str] | None = None) -> list[str]:
-    """The name of each node rank: testbed hosts for ``netns``, ``local-<n>`` for ``local``."""
+def node_labels(backend: str, nodes: int, hosts: Sequence[str] | None = None, *,
+                partition: str | None = None) -> list[str]:
+    """The name of each node rank: testbed hosts for ``netns``; Slurm node names for ``slurm`` (``hosts``,
+    checked with sinfo, else the first usable nodes of ``partition``: ``slurm_nodes.pick_nodes``);
+    ``local-<n>`` for ``local``."""
+    if backend == "slurm":
+        from trainfleet.health.probes.slurm_nodes import pick_nodes
+
+        return pick_nodes(nodes, hosts, partition=partition)
     if backend == "netns":
         from trainfleet.backends.netns import NetnsBackend
 
@@ -165,8 +180,15 @@ def node_labels(backend: str, nodes: int, hosts: Sequence[str] | None = None) ->
     return [f"{LOCAL_NODE_PREFIX}{n}" for n in range(nodes)]
 
 
-def make_backend(backend: str, hosts: Sequence[str] | None = None) -> Backend:
-    """A backend instance that can run probe jobs: ``local`` or ``netns`` (on ``hosts`` when given)."""
+def make_backend(backend: str, hosts: Sequence[str] | None = None, *,
+                 partition: str | None = None) -> Backend:
+    """A backend instance that can run probe jobs: ``local``, ``netns`` (on ``hosts`` when given) or
+    ``slurm`` (pinned to ``hosts`` with ``--nodelist`` when given, in ``partition``). The Slurm backend of a
+    probe reads no node history: a probe measures the nodes it is given, suspect or not."""
+    if backend == "slurm":
+        from trainfleet.backends.slurm.backend import SlurmBackend
+
+        return SlurmBackend(nodelist=hosts or (), partition=partition)
     if backend == "local":
         from trainfleet.backends.local import LocalBackend
 
@@ -175,24 +197,24 @@ def make_backend(backend: str, hosts: Sequence[str] | None = None) -> Backend:
         from trainfleet.backends.netns import NetnsBackend
 
         return NetnsBackend(hosts)
-    raise BackendError(f"probes run on the {' or '.join(PROBE_BACKENDS)} backend, not {backend!r}")
+    raise BackendError(f"probes run on the {', '.join(PROBE_BACKENDS)} backends, not {backend!r}")
 
 
 def probe_spec(request: ProbeRequest, backend: str, *, workdir: str | None = None) -> JobSpec:
-    """The job that runs ``request``: every rank runs the probe worker with this interpreter.
-
-    The spec's ``backend`` field knows ``local`` and ``slurm`` only; a testbed (netns) probe is a local-style
-    job whose engine is named in ``TRAINFLEET_PROBE_BACKEND`` (and in its stored probe results).
-    """
+    """The job that runs ``request`` on ``backend`` (the spec's ``backend`` field): every rank runs the probe
+    worker with this interpreter, in ``workdir`` (default: here; on Slurm it must be on the shared
+    filesystem)."""
     from trainfleet.spec import JobSpec
 
+    if backend not in PROBE_BACKENDS:
+        raise BackendError(f"probes run on the {', '.join(PROBE_BACKENDS)} backends, not {backend!r}")
     return JobSpec(
         name=f"probe-{request.kind}",
         command=[sys.executable, "-m", WORKER_MODULE, *request.worker_args()],
         nodes=request.nodes,
         procs_per_node=request.procs_per_node,
-        backend="slurm" if backend == "slurm" else "local",
-        env={"OMP_NUM_THREADS": "1", "TRAINFLEET_PROBE_BACKEND": backend},
+        backend=backend,  # type: ignore[arg-type]
+        env={"OMP_NUM_THREADS": "1"},
         workdir=workdir or str(Path.cwd()),
         grace_s=2.0,
         hang_timeout_s=request.timeout_s,
@@ -284,23 +306,33 @@ def judge(report: ProbeReport, hw: HardwareClass | None = None, *, fraction: flo
 
 
 def run_probe(request: ProbeRequest, *, store: Store, backend: str = "local",
-              hosts: Sequence[str] | None = None, hw: HardwareClass | None = None) -> ProbeReport:
-    """Run one probe job on ``backend`` (over ``hosts`` when given), read its records back, judge them.
+              hosts: Sequence[str] | None = None, hw: HardwareClass | None = None,
+              partition: str | None = None, workdir: str | None = None) -> ProbeReport:
+    """Run one probe job on ``backend`` (over ``hosts`` when given; on Slurm in ``partition``), read its
+    records back, judge them.
 
     A job that fails still returns a report (``state``/``reason`` say why, ``records`` hold what arrived).
     """
     request.check()
-    names = node_labels(backend, request.nodes, hosts)
-    engine = make_backend(backend, names if backend == "netns" else None)
-    spec = probe_spec(request, backend)
+    names = node_labels(backend, request.nodes, hosts, partition=partition)
+    engine = make_backend(backend, names if backend in PINNED_BACKENDS else None, partition=partition)
+    spec = probe_spec(request, backend, workdir=workdir)
     start = time.monotonic()
     job_id, state, reason = run_job(spec, engine, store, timeout_s=request.timeout_s)
+    # attempt_started: written once submitted (local, netns) or once the allocation is known (Slurm)
+    started = bool(store.events(job_id, kinds=["attempt_started"]))
+    if getattr(engine, "places_nodes", False):  # the engine numbered the nodes: name ranks by its allocation
+        from trainfleet.health.probes.slurm_nodes import allocation_names
+
+        allocated = allocation_names(store, job_id)
+        if allocated is not None and len(allocated) == request.nodes:
+            names = allocated
     record = store.get_job(job_id)
     attempts = store.attempts(job_id)
     raw = read_records(record.run_dir, attempts[-1].attempt) if attempts else []
     report = ProbeReport(kind=request.kind, backend=backend, job_id=job_id, state=state, reason=reason,
                          nodes=names, records=relabel(raw, names, request.procs_per_node),
-                         elapsed_s=time.monotonic() - start)
+                         elapsed_s=time.monotonic() - start, started=started)
     report.findings = judge(report, hw)
     from trainfleet.health.probes.store import save_report
 
@@ -309,7 +341,7 @@ def run_probe(request: ProbeRequest, *, store: Store, backend: str = "local",
 
 
 def run_bisect(request: ProbeRequest, *, store: Store, backend: str, hosts: Sequence[str],
-               min_busbw_gbps: float) -> ProbeReport:
+               min_busbw_gbps: float, partition: str | None = None) -> ProbeReport:
     """Bisection mode: narrow a slow all-reduce over ``hosts`` to the culprit node(s) in O(log N) rounds.
 
     Each measured group is one all-reduce job at the largest size of ``request.sizes``; a group whose job
@@ -322,7 +354,7 @@ def run_bisect(request: ProbeRequest, *, store: Store, backend: str, hosts: Sequ
 
     def measure(group: tuple[str, ...]) -> float:
         sub = dataclasses.replace(single, nodes=len(group))
-        report = run_probe(sub, store=store, backend=backend, hosts=list(group))
+        report = run_probe(sub, store=store, backend=backend, hosts=list(group), partition=partition)
         jobs.append(report)
         value = report.largest_busbw()
         return value if report.ok and value is not None else 0.0
