@@ -18,6 +18,7 @@ the median of the repetitions is compared. Target: trainfleet / torchrun <= 1.10
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import re
 import shutil
@@ -163,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launchers", default="torchrun,trainfleet", help="comma-separated subset")
     ap.add_argument("--timeout-s", type=float, default=300.0, help="limit for one launch")
     args = ap.parse_args(argv)
+    # trainfleet's modules as an installed package has them: byte-compiled (the peer's are, in site-packages;
+    # an editable checkout under PYTHONDONTWRITEBYTECODE=1 would recompile them in every process)
+    compileall.compile_dir(str(REPO / "src"), quiet=1)
     launchers = [name.strip() for name in args.launchers.split(",") if name.strip()]
     unknown = [n for n in launchers if n not in LAUNCHERS]
     if unknown or not launchers:

@@ -17,6 +17,7 @@ Needs root (the dev cluster); brings the cluster up if it is down and takes it d
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import re
 import shlex
@@ -137,6 +138,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="training steps per run")
     ap.add_argument("--workload", choices=("gpt", "print"), default="gpt", help="what each rank runs")
     args = ap.parse_args()
+    # trainfleet's modules as an installed package has them: byte-compiled (the peer's are, in site-packages;
+    # an editable checkout under PYTHONDONTWRITEBYTECODE=1 would recompile them in every process)
+    compileall.compile_dir(str(REPO / "src"), quiet=1)
     was_up = subprocess.run([str(DEV_CLUSTER), "status"], capture_output=True).returncode == 0
     subprocess.run([str(DEV_CLUSTER), "up"], check=True, capture_output=True)
     times: dict[str, list[float]] = {"trainfleet": [], "plain": []}
