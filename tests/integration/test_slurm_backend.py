@@ -146,18 +146,26 @@ def test_gpt_demo_trains_across_two_slurm_nodes(slurm_cluster: SlurmCluster, tmp
     assert "#SBATCH --nodes=2\n" in script and "#SBATCH --no-requeue\n" in script
 
 
+def start_sleepers(home: Path, spec: Path, ranks: int) -> str:
+    """``trainfleet run --detach`` a sleeper.py job; its id once ``ranks`` ranks are ready."""
+    started = trainfleet(home, "run", str(spec), "--detach", timeout_s=30)
+    assert started.returncode == 0, started.stderr
+    job_id = started.stdout.strip()
+    outs = home / "runs" / job_id / "attempt-0"
+
+    def ready() -> bool:
+        return sum("ready rank=" in p.read_text() for p in outs.glob("node-*/rank-*.out")) == ranks
+
+    wait_for(f"{ranks} ready ranks", ready)
+    return job_id
+
+
 @pytest.mark.timeout(150)
 def test_cancel_leaves_no_process_on_any_node(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     home = tmp_path / "home"
     spec = write_spec(tmp_path / "sleep.yaml", name="sleepers", procs_per_node=2, workdir=str(tmp_path),
                       command=[sys.executable, str(FIXTURES / "sleeper.py")])
-    started = trainfleet(home, "run", str(spec), "--detach", timeout_s=30)
-    assert started.returncode == 0, started.stderr
-    job_id = started.stdout.strip()
-    run_dir = home / "runs" / job_id
-    # every rank (2 nodes x 2) is up and has started its own child process
-    wait_for("4 ready ranks", lambda: sum("ready rank=" in p.read_text()
-                                          for p in run_dir.glob("attempt-0/node-*/rank-*.out")) == 4)
+    job_id = start_sleepers(home, spec, 4)  # every rank (2 nodes x 2) runs and has its own child
     slurm = slurm_job_of(slurm_cluster, job_id, 0)
     assert slurm.state is JobState.RUNNING and len(set(slurm.nodes)) == 2
     assert len(survivors(job_id, {slurm.job_id})) >= 8  # per node: agent + 2 ranks + 2 children at least
@@ -180,12 +188,7 @@ def test_scancel_outside_trainfleet_cancels_the_job_without_blame(slurm_cluster:
     spec = write_spec(tmp_path / "sleep.yaml", name="scancelled", workdir=str(tmp_path),
                       command=[sys.executable, str(FIXTURES / "sleeper.py")],
                       restart={"max_restarts": 2, "backoff_s": 0})
-    started = trainfleet(home, "run", str(spec), "--detach", timeout_s=30)
-    assert started.returncode == 0, started.stderr
-    job_id = started.stdout.strip()
-    run_dir = home / "runs" / job_id
-    wait_for("2 ready ranks", lambda: sum("ready rank=" in p.read_text()
-                                          for p in run_dir.glob("attempt-0/node-*/rank-*.out")) == 2)
+    job_id = start_sleepers(home, spec, 2)
     slurm_id = slurm_job_of(slurm_cluster, job_id, 0).job_id
     slurm("scancel", str(slurm_id))
     final = wait_for("the job to end", lambda: (s := status(home, job_id))["state"] in
