@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainfleet.backends.procscan import pid_alive
 from trainfleet.errors import BackendError, InputError
 
 if TYPE_CHECKING:
@@ -51,28 +52,20 @@ def backend_for(spec: JobSpec, *, require_up: bool = True) -> Backend:
     ``tfh<nodes + spare_nodes>``) must exist now: otherwise a one-line ``BackendError`` says which are
     missing and how to start them. ``require_up=False`` (dry runs) only renders, so it needs no testbed.
     """
-    if spec.backend == "local":
-        from trainfleet.backends.local import LocalBackend
+    from trainfleet.backends import get_backend
 
-        return LocalBackend()
-    if spec.backend == "slurm":
-        from trainfleet.backends import get_backend
-
-        return get_backend("slurm")
     if spec.backend == "netns":
-        return _netns_backend(spec, require_up=require_up)
-    raise BackendError(f"backend {spec.backend!r} is not available in this version")
+        return _netns_backend(spec, get_backend("netns"), require_up=require_up)
+    return get_backend(spec.backend)
 
 
-def _netns_backend(spec: JobSpec, *, require_up: bool) -> Backend:
-    from trainfleet.backends.netns import NetnsBackend
+def _netns_backend(spec: JobSpec, backend: Backend, *, require_up: bool) -> Backend:
     from trainfleet.testbed import netns
 
     count = spec.nodes + spec.spare_nodes
     if count > netns.MAX_HOSTS:
         raise BackendError(f"netns backend: {count} hosts needed (nodes + spare_nodes), the testbed has at "
                            f"most {netns.MAX_HOSTS}")
-    backend = NetnsBackend()
     if not require_up:
         return backend
     if os.geteuid() != 0:
@@ -135,9 +128,7 @@ def supervise(job_id: str, store: Store, *, observer: Callable[[JobView], None] 
         store.update_job(record.id, state=JobState.FAILED, reason=str(exc), ended_at=time.time())
         store.add_event(record.id, "job_failed", str(exc), attempt=first_attempt)
         raise
-    # The agents must reach the supervisor: the netns backend's live behind the testbed bridge.
-    host = getattr(backend, "supervisor_host", "127.0.0.1")
-    sup = Supervisor(store, record.id, spec, backend, run_dir=record.run_dir, observer=observer, host=host,
+    sup = Supervisor(store, record.id, spec, backend, run_dir=record.run_dir, observer=observer,
                      first_attempt=first_attempt, lost_step=lost_step)
     previous = {}
     if handle_signals:
@@ -181,7 +172,7 @@ def prepare_resume(job: str, store: Store) -> int:
     record = store.get_job(job)
     if record.state is JobState.SUCCEEDED:
         raise InputError(f"job {record.id} already succeeded; nothing to resume")
-    if record.state is JobState.RUNNING and record.supervisor_pid and _pid_alive(record.supervisor_pid):
+    if record.state is JobState.RUNNING and record.supervisor_pid and pid_alive(record.supervisor_pid):
         raise InputError(f"job {record.id} is still supervised by pid {record.supervisor_pid}")
     backend_for(JobSpec.model_validate(record.spec))  # cannot run now (testbed down): refuse, change nothing
     attempts = store.attempts(record.id)
@@ -237,7 +228,7 @@ def cancel(job: str, store: Store) -> JobState:
             return record.state
         asked = _ask_supervisor(record.supervisor_addr, record.supervisor_pid)
         if not asked:
-            if record.supervisor_pid is not None and not _pid_alive(record.supervisor_pid):
+            if record.supervisor_pid is not None and not pid_alive(record.supervisor_pid):
                 break
             time.sleep(0.1)
     wait_until = time.monotonic() + (grace + CANCEL_EXTRA_WAIT_S if asked else 0)
@@ -266,23 +257,13 @@ def _ask_supervisor(addr: str | None, pid: int | None) -> bool:
             return True
         except (OSError, ValueError):
             pass
-    if pid is not None and _pid_alive(pid):
+    if pid is not None and pid_alive(pid):
         try:
             os.kill(pid, signal.SIGTERM)
             return True
         except OSError:
             return False
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    """True when ``pid`` exists and is not a zombie (a killed daemon may wait long for init to reap it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rpartition(")")[2].split()[0] != "Z"

@@ -9,10 +9,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netns_support import testbed
 
 from trainfleet.backends.netns import NetnsBackend
 from trainfleet.health.probes.run import run_job
@@ -21,30 +21,12 @@ from trainfleet.store import open_store
 from trainfleet.supervise.preflight import run_preflight
 from trainfleet.testbed import netns
 
+__all__ = ["testbed"]  # the fixture
+
 pytestmark = pytest.mark.slow
 TRAINFLEET = str(Path(sys.executable).parent / "trainfleet")
 JOBS = Path(__file__).parents[1] / "fixtures" / "jobs"
 DEGRADED_MBIT = 500  # 0.0625 GB/s; healthy namespace links carry 0.4-2.8 GB/s here
-
-
-def leftovers() -> list[str]:
-    """Anything with the testbed's names still in the kernel."""
-    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    found = [n for n in names if n.startswith("tfh")]
-    found += [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()
-              if ln.split(":")[1].strip().startswith(("tfv", "tfbr"))]
-    return found
-
-
-@pytest.fixture
-def testbed() -> Iterator[list[netns.Host]]:
-    netns.down()
-    try:
-        yield netns.up(4)
-    finally:
-        netns.down()
-        assert leftovers() == []
 
 
 @pytest.fixture

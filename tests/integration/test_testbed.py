@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
+from netns_support import leftovers, testbed
 
 from trainfleet.health.probes.judge import blamed_nodes, judge_pairs, load_expectations
 from trainfleet.health.probes.records import PairRecord, format_matrix, pair_matrix, parse_probe_output
 from trainfleet.testbed import netns
 from trainfleet.testbed.torchrun import run_on_hosts
+
+__all__ = ["testbed"]  # the fixture
 
 pytestmark = pytest.mark.slow
 
@@ -22,31 +24,9 @@ PROBE = ["trainfleet.health.probes.worker", "--warmup", "1", "--iters", "5", "--
 DEGRADED_MBIT = 500
 
 
-def leftovers() -> list[str]:
-    """Anything with the testbed's names still in the kernel."""
-    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    found = [n for n in names if n.startswith("tfh")]
-    for line in links.splitlines():
-        name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith(("tfv", "tfbr", "tfx")):
-            found.append(name)
-    return found
-
-
 def pings(src: netns.Host, dst: netns.Host) -> bool:
     argv = ["ping", "-c", "1", "-W", "1", "-q", dst.address]
     return netns.exec_in(src, argv, timeout_s=10).returncode == 0
-
-
-@pytest.fixture
-def testbed() -> Iterator[list[netns.Host]]:
-    netns.down()
-    try:
-        yield netns.up(4)
-    finally:
-        netns.down()
-        assert leftovers() == []
 
 
 def test_partial_setup_is_repaired_then_fully_removed() -> None:

@@ -53,7 +53,7 @@ def test_netns_render_wraps_each_agent_in_its_host_namespace() -> None:
     assert [a.argv[3] for a in default.agents] == ["tfh1", "tfh2", "tfh3"]
     assert NetnsBackend().node_pool(4) == ["tfh1", "tfh2", "tfh3", "tfh4"]
     spared = NetnsBackend()
-    spared.exclude(["tfh2"])  # what preflight does: tfh2's rank goes to the spare tfh4
+    spared.exclude(["tfh2"])  # a host to avoid: its rank goes to the spare tfh4
     with_spare = spec.model_copy(update={"spare_nodes": 1})
     assert [a.argv[3] for a in spared.render(with_spare, PLAN).agents] == ["tfh1", "tfh3", "tfh4"]
     with pytest.raises(BackendError, match=r"3 nodes asked, 2 hosts given \(1 excluded\)"):

@@ -52,6 +52,7 @@ class AttemptPlan:
     master_port: int
     supervisor_addr: str
     python: str = "python3"
+    nodes: tuple[str, ...] = ()  # the node of each node rank, when the supervisor places them (else empty)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ class NetnsBackend(LocalBackend):
         """One ``AgentLaunch`` per node, wrapped in ``ip netns exec <host>``; pure. A plan that names its
         nodes (``plan.nodes``, one per node rank) places them there; otherwise excluded hosts are skipped
         and spares (``spec.spare_nodes``) fill in."""
-        hosts = self.hosts_for(spec.nodes, getattr(plan, "nodes", ()) or (), spares=spec.spare_nodes)
+        hosts = self.hosts_for(spec.nodes, plan.nodes, spares=spec.spare_nodes)
         plan = dataclasses.replace(plan, master_addr=hosts[0].address)
         agents = []
         for node, h in enumerate(hosts):
@@ -97,7 +97,7 @@ class NetnsBackend(LocalBackend):
             present = {h.name for h in netns.hosts_up()}
         except BackendError as exc:
             raise BackendError(f"netns backend: cannot list the testbed hosts: {exc}") from None
-        wanted = [launch.argv[3] for launch in request.agents]  # ip netns exec <host> ...
+        wanted = [launch.env["TRAINFLEET_NODE_NAME"] for launch in request.agents]
         missing = [name for name in wanted if name not in present]
         if missing:
             raise BackendError(f"netns backend: testbed host(s) {', '.join(missing)} not up "

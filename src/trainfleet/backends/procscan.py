@@ -56,3 +56,18 @@ def kill_job_processes(job_id: str, attempt: int | None = None, *, timeout_s: fl
             except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie (a killed daemon may wait long for init to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -24,10 +24,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainfleet.health.blockwalk import BLOCKS_MAX, COLUMN0, HEADER, BlockWalker, quiet_block, quiet_text
+from trainfleet.health.blockwalk import BlockWalker, quiet_text
 from trainfleet.health.bundle import NodeSource, iter_sources, load_node
 from trainfleet.health.diff import diff_fleet
-from trainfleet.health.lspci import parse_block, parse_lspci
+from trainfleet.health.lspci import parse_lspci
 from trainfleet.health.model import Finding, LspciDump, NodeFacts, PciDevice
 from trainfleet.health.rules import build_context, run_rules
 from trainfleet.health.signature import DevSig, NodeSig, node_signature
@@ -37,7 +37,6 @@ INLINE_MAX_NODES = 24  # below this, starting worker processes costs more than i
 CHUNKSIZE = 64
 _MEMO_MAX = 256
 _FINDING_FIELDS = tuple(f.name for f in dataclasses.fields(Finding))
-_quiet = quiet_block
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,6 @@ class _WorkerState:
         self.finding_ids: dict[Finding, int] = {}
         self.sig_ids: dict[tuple[int, ...], int] = {}
         self.memo: dict[tuple[object, ...], tuple[tuple[PciDevice, ...], tuple[int, ...], int]] = {}
-        self.blocks: dict[str, tuple[PciDevice, str]] = {}  # raw block -> (parsed quiet block, its bdf)
         self.walker = BlockWalker()  # the byte-level path (quiet_parse_bytes)
 
 
@@ -94,7 +92,7 @@ def _fork_state() -> None:
     it inherited from the parent, which judged the first node before forking, kept."""
     global _STATE
     parent, _STATE = _STATE, _WorkerState()
-    _STATE.blocks, _STATE.walker = parent.blocks, parent.walker
+    _STATE.walker = parent.walker
 
 
 def quiet_parse_bytes(data: bytes) -> LspciDump:
@@ -108,31 +106,8 @@ def quiet_parse_bytes(data: bytes) -> LspciDump:
 
 
 def quiet_parse(text: str) -> LspciDump:
-    """``parse_lspci(quiet_text(text))``, the fast way for the usual capture (blank-line separated blocks,
-    each a header at column 0 plus indented lines): a raw block seen before costs one dict lookup, a new
-    one is quieted and handed to the parser's memoised :func:`parse_block`. Anything else (CRLF, garbage
-    between blocks, odd indentation, no device) goes through :func:`parse_lspci` unchanged."""
-    cache = _STATE.blocks
-    if len(cache) >= BLOCKS_MAX:
-        cache.clear()
-    devices: list[PciDevice] = []
-    bdfs: list[str] = []
-    for chunk in text.split("\n\n") if "\r" not in text else ():
-        hit = cache.get(chunk)
-        if hit is None:
-            body = chunk.strip("\n")
-            if not body.strip():
-                continue
-            if HEADER.match(body) is None or COLUMN0.search(body) is not None:
-                break
-            dev = parse_block(_quiet(body).rstrip())
-            hit = cache[chunk] = (dev, dev.bdf)
-        devices.append(hit[0])
-        bdfs.append(hit[1])
-    else:
-        if devices:
-            return _dump(devices, bdfs)
-    return parse_lspci(quiet_text(text))
+    """``parse_lspci(quiet_text(text))``, through the same block cache as :func:`quiet_parse_bytes`."""
+    return quiet_parse_bytes(text.encode("utf-8"))
 
 
 def _dump(devices: list[PciDevice], bdfs: list[str]) -> LspciDump:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 SITE_DIR = str(Path(__file__).with_name("stack_site"))
 DUMP_TIMEOUT_S = 8.0
+FALLBACK_TIMEOUT_S = 3.0  # at most this long for the faulthandler (SIGUSR1) dumps after py-spy
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def _faulthandler(targets: list[RankTarget], timeout_s: float) -> dict[int, str]
                 os.kill(target.pid, sig)
             except OSError:
                 break
-    deadline = time.monotonic() + min(timeout_s, 3.0)
+    deadline = time.monotonic() + min(timeout_s, FALLBACK_TIMEOUT_S)
     out: dict[int, str] = {}
     while time.monotonic() < deadline and len(out) < len(targets):
         time.sleep(0.05)

@@ -5,11 +5,11 @@ Plain JSON types only (str, int, float, None, lists, dicts with string keys), on
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict
 from typing import Any
 
+from trainfleet.backends.procscan import pid_alive
 from trainfleet.spec.state import JobState
 from trainfleet.store.jobs import Store
 from trainfleet.store.records import EventRecord, JobRecord, MetricRow
@@ -89,16 +89,7 @@ def progress(latest: dict[int, MetricRow]) -> tuple[int | None, float | None]:
 
 def _alive(pid: int | None) -> bool | None:
     """Whether the supervisor process still runs on this host (None: no pid recorded yet)."""
-    if pid is None:
-        return None
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except ProcessLookupError:
-        return False
-    except (OSError, IndexError):
-        return True
+    return None if pid is None else pid_alive(pid)
 
 
 def _attempt_dict(a: Any) -> dict[str, Any]:

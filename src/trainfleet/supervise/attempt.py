@@ -93,9 +93,9 @@ class AttemptWatch:
         self.finished_nodes: set[int] = set()
         self.exits: dict[int, RankExited] = {}
         self.heartbeats = HeartbeatMonitor(self.spec.heartbeat_interval_s, HEARTBEAT_MISSES)
-        self.progress = ProgressMonitor(self.spec.hang_timeout_s, straggler_factor=sup.straggler_factor,
+        self.progress = ProgressMonitor(self.spec.hang_timeout_s, straggler_factor=self.spec.straggler_factor,
                                         startup_timeout_s=self.spec.startup_timeout_s,
-                                        window=sup.straggler_window)
+                                        window=self.spec.straggler_window)
         self.cause: str | None = None
         self.teardown_deadline: float | None = None
         self.t0 = time.monotonic()

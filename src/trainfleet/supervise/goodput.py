@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAILURE_KINDS = ("rank_failed", "agent_lost", "rank_hung", "supervisor_lost")
+ATTEMPT_END_KINDS = ("attempt_failed", "attempt_cancelled", "attempt_succeeded")
+KINDS = (*FAILURE_KINDS, *ATTEMPT_END_KINDS, "resumed", "caught_up")
+"""Every event kind ``compute`` reads (a caller may load just these)."""
 CAUSES = ("detection", "teardown", "restart", "recompute")
 
 
@@ -69,7 +72,7 @@ def compute(events: Sequence[Any], *, started_at: float | None, ended_at: float 
             continue
         if ev.kind in FAILURE_KINDS and ev.attempt not in failures:
             failures[ev.attempt] = ev
-        elif ev.kind in ("attempt_failed", "attempt_cancelled", "attempt_succeeded"):
+        elif ev.kind in ATTEMPT_END_KINDS:
             ended[ev.attempt] = ev.ts
         elif ev.kind == "resumed":
             resumed[ev.attempt] = ev

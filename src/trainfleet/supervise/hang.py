@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from trainfleet.runtime.protocol import DumpStacks, StacksDumped
+from trainfleet.runtime.stackdump import DUMP_TIMEOUT_S, FALLBACK_TIMEOUT_S
 from trainfleet.store import Store
 from trainfleet.supervise.monitor import RankHung
 from trainfleet.supervise.stacks import blame_hang
 
-STACK_DUMP_WAIT_S = 10.0  # how long a hang waits for the agents' stack dumps before tearing down
+# How long a hang waits for the agents' stack dumps before tearing down: an agent's worst case (py-spy timing
+# out, then the faulthandler fallback) plus a second for the answer to arrive.
+STACK_DUMP_WAIT_S = DUMP_TIMEOUT_S + FALLBACK_TIMEOUT_S + 1.0
 
 
 class HangDump:

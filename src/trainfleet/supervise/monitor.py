@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,7 @@ class RankCrashed:
     signal: int | None
     ended_at: float
 
-    @property
-    def kind(self) -> str:
-        return "rank_failed"
+    kind: ClassVar[str] = "rank_failed"
 
     @property
     def implicates_node(self) -> bool:
@@ -50,14 +49,9 @@ class AgentLost:
     how: str
     silent_s: float = 0.0
 
-    @property
-    def kind(self) -> str:
-        return "agent_lost"
+    kind: ClassVar[str] = "agent_lost"
 
-    @property
-    def implicates_node(self) -> bool:
-        """A lost agent or a hung rank is blamed on its node."""
-        return True
+    implicates_node: ClassVar[bool] = True  # a lost agent or a hung rank is blamed on its node
 
     def describe(self) -> str:
         return f"node {self.node} agent lost: {self.how}"
@@ -74,14 +68,9 @@ class RankHung:
     timeout_s: float
     reason: str = ""
 
-    @property
-    def kind(self) -> str:
-        return "rank_hung"
+    kind: ClassVar[str] = "rank_hung"
 
-    @property
-    def implicates_node(self) -> bool:
-        """A lost agent or a hung rank is blamed on its node."""
-        return True
+    implicates_node: ClassVar[bool] = True  # a lost agent or a hung rank is blamed on its node
 
     def describe(self) -> str:
         extra = f"; {self.reason}" if self.reason else ""
@@ -104,9 +93,7 @@ class Straggler:
     factor: float
     window: int
 
-    @property
-    def kind(self) -> str:
-        return "straggler"
+    kind: ClassVar[str] = "straggler"
 
     def describe(self) -> str:
         return (f"node {self.node} rank {self.rank} is a straggler: "

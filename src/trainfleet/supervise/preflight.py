@@ -223,14 +223,13 @@ def preflight_gate(sup: Any, attempt: int) -> str | None:
     ``preflight`` event. Returns why the job cannot start (fewer healthy nodes than it needs), else None.
     """
     gate = sup.spec.preflight
-    if gate is None or (attempt > getattr(sup, "first_attempt", 0) and not gate.before_restart):
+    if gate is None or (attempt > sup.first_attempt and not gate.before_restart):
         return None
     candidates = preflight_candidates(sup.pool, sup.backend, sup.spec.nodes)
     result = run_preflight(sup.spec, candidates, sup.backend, sup.store, job_id=sup.job_id, attempt=attempt)
-    sup.blamed.update(result.excluded)
-    exclude = getattr(sup.backend, "exclude", None)  # a backend that places nodes itself (netns)
-    if callable(exclude):
-        exclude(result.excluded)
+    sup.blamed.update(result.excluded)  # placement hands their node ranks to spares
+    if result.excluded and sup.places_nodes:  # an engine that places nodes itself is told to avoid them
+        sup._exclude_on_engine(set(result.excluded))
     excluded = ", ".join(f"{n} ({why})" for n, why in result.excluded.items()) or "none"
     summary = (f"preflight {'passed' if result.ok else 'FAILED'} in {result.elapsed_s:.1f}s: "
                f"{len(result.healthy)} healthy of {len(candidates)}, excluded {excluded}")
@@ -243,7 +242,7 @@ def preflight_candidates(pool: Sequence[str], backend: Any, needed: int) -> list
     (its ``exclude``: static, suspect and quarantined) as long as ``needed`` remain; the pool as is on a
     backend whose nodes the supervisor places (it weighs verdicts itself)."""
     avoided = getattr(backend, "exclude", ()) if getattr(backend, "places_nodes", False) else ()
-    if callable(avoided) or not avoided:
+    if not avoided:
         return list(pool)
     kept = [n for n in pool if n not in set(avoided)]
     return kept if len(kept) >= needed else list(pool)

@@ -13,7 +13,7 @@ are named by the engine's allocation (``backend.node_names``) once it is known, 
 ``backend.exclude_nodes`` and the node history holds the engine's node names, as it does the local ones. An
 attempt the engine itself ended (``backend.interruption``: preempted, timed out, requeued) blames no node
 and is followed at once by a new attempt that does not count against ``restart.max_restarts`` (a
-``preempted`` event; ``restart.max_preemptions``, when the spec has it, bounds them). The supervisor listens
+``preempted`` event; ``restart.max_preemptions`` bounds them). The supervisor listens
 on ``backend.supervisor_host`` unless ``host`` is given.
 
 It is the only writer of the job's rows in the store; metrics are written in batches.
@@ -71,8 +71,6 @@ class Supervisor:
         self._last_flush = self._last_observe = 0.0
         self.first_attempt = first_attempt
         self.lost_step = lost_step  # the newest step before the last failure (what a restart must redo)
-        self.straggler_factor = float(getattr(spec, "straggler_factor", 2.0))
-        self.straggler_window = int(getattr(spec, "straggler_window", 8))
         self.places_nodes = bool(getattr(backend, "places_nodes", False))
         # The engine's usable nodes are only read when a preflight needs them (see _run_attempt).
         self.pool = [] if self.places_nodes else node_pool(backend, spec.nodes, spec.spare_nodes)
@@ -81,7 +79,7 @@ class Supervisor:
         self.handle: JobHandle | None = None
         self.preempted: str | None = None  # the engine's word when it ended the last attempt itself
         self.preemptions = 0 if first_attempt == 0 else len(store.events(job_id, kinds=["preempted"]))
-        self.max_preemptions: int | None = getattr(spec.restart, "max_preemptions", None)
+        self.max_preemptions = spec.restart.max_preemptions
 
     # ---- public ---------------------------------------------------------------------------------------
     def request_cancel(self, reason: str = "cancelled by user") -> None:
@@ -162,9 +160,7 @@ class Supervisor:
             return Outcome.CANCELLED, self.cancel_reason
         port = free_port(self.host, exclude=self.used_ports)
         self.used_ports.add(port)
-        plan = AttemptPlan(job_id=self.job_id, attempt=attempt, run_dir=self.run_dir, master_addr=self.host,
-                           master_port=port, supervisor_addr=self.addr, python=sys.executable)
-        if getattr(self.spec, "preflight", None) is not None:  # node checks first (supervise.preflight)
+        if self.spec.preflight is not None:  # node checks first (supervise.preflight)
             from trainfleet.supervise.preflight import preflight_gate
 
             if self.places_nodes:  # the engine's usable nodes now (drained or down ones are not offered)
@@ -177,12 +173,13 @@ class Supervisor:
                 raise NoUsableNodes(why)
         if self.places_nodes:
             self.placement = []  # the engine places the attempt; named once its allocation is known
-            if self.blamed:
-                self._exclude_on_engine(self.blamed)
         else:
             verdicts = {n.name: n.state for n in self.store.nodes()}
             self.placement = place(self.pool, self.spec.nodes, verdicts, previous=self.placement,
                                    blamed=self.blamed)
+        plan = AttemptPlan(job_id=self.job_id, attempt=attempt, run_dir=self.run_dir, master_addr=self.host,
+                           master_port=port, supervisor_addr=self.addr, python=sys.executable,
+                           nodes=tuple(self.placement))
         request = self.backend.render(self.spec, plan)
         started = time.time()
         self.view.attempt = attempt

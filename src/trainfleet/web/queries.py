@@ -20,10 +20,8 @@ from trainfleet.spec.state import JobState
 from trainfleet.store import MetricRow, Store
 from trainfleet.store import schema as t
 from trainfleet.store.db import run_read
-from trainfleet.supervise.goodput import FAILURE_KINDS
+from trainfleet.supervise.goodput import KINDS as GOODPUT_KINDS
 from trainfleet.supervise.goodput import compute as compute_goodput
-
-ATTEMPT_END_KINDS = ("attempt_failed", "attempt_cancelled", "attempt_succeeded")
 
 THROUGHPUT_KEYS = ("tokens_per_s", "samples_per_s", "throughput")
 
@@ -44,9 +42,6 @@ def latest_for_jobs(store: Store, job_ids: Sequence[str]) -> dict[str, dict[int,
     for r in run_read(store.engine, lambda c: c.execute(query).all()):
         out[r.job_id][r.rank] = MetricRow(rank=r.rank, step=r.step, ts=r.ts, values=dict(r.data or {}))
     return dict(out)
-
-
-GOODPUT_KINDS = (*FAILURE_KINDS, *ATTEMPT_END_KINDS, "resumed", "caught_up")
 
 
 @dataclass(frozen=True)
