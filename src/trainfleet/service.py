@@ -95,10 +95,15 @@ def dry_run(spec: JobSpec, *, job_id: str = "<job-id>", run_dir: str | None = No
 
 
 def create_job(spec: JobSpec, store: Store) -> str:
-    """Record a pending job, create its run dir and write the resolved ``spec.yaml`` there."""
+    """Check the spec's backend can run now, then ``record_job``."""
+    backend_for(spec)  # fail before recording a job we cannot run
+    return record_job(spec, store)
+
+
+def record_job(spec: JobSpec, store: Store) -> str:
+    """Record a pending job, create its run dir and write the resolved ``spec.yaml`` there; its id."""
     import yaml
 
-    backend_for(spec)  # fail before recording a job we cannot run
     job_id = store.create_job(spec)
     run_dir = Path(store.get_job(job_id).run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

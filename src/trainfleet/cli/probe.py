@@ -96,8 +96,7 @@ def probe_cmd(
             report = run_probe(request, store=store, backend=backend, hosts=host_list, hw=hw,
                                partition=partition)
     if as_json:
-        json.dump(report_json(report), sys.stdout)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(report_json(report)) + "\n")
     else:
         console = Console()
         if not console.is_terminal:
@@ -230,8 +229,7 @@ def probe_history_cmd(
     with open_store() as store:
         rows = node_history(store, node, metric=metric, limit=limit)
     if as_json:
-        json.dump([asdict(r) for r in rows], sys.stdout)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps([asdict(r) for r in rows]) + "\n")
         return
     table = Table(title=f"probe results of {node}", title_justify="left")
     for col in ("when (UTC)", "probe", "backend", "metric", "value", "verdict", "job"):

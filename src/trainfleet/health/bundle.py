@@ -96,13 +96,12 @@ def iter_sources(paths: Iterable[str]) -> Iterator[NodeSource]:
 
 
 def load_node(source: NodeSource, *, extras: bool = False,
-              parse: Callable[[str], LspciDump] = parse_lspci,
               parse_bytes: Callable[[bytes], LspciDump] | None = None) -> NodeFacts:
     """Read and parse one node. ``extras`` also keeps the bundle's other small text files by name;
-    ``parse`` replaces :func:`parse_lspci` (the doctor's drops per-node noise first); ``parse_bytes``, when
-    given, is handed the raw bytes of the lspci file instead (it decodes only what it needs)."""
+    ``parse_bytes`` replaces :func:`parse_lspci` and gets the lspci file's raw bytes (the doctor's drops
+    per-node noise first and decodes only what it needs)."""
     raw = read_bytes(source.lspci)
-    dump = parse(raw.decode("utf-8", errors="replace")) if parse_bytes is None else parse_bytes(raw)
+    dump = parse_lspci(raw.decode("utf-8", errors="replace")) if parse_bytes is None else parse_bytes(raw)
     cmdline: str | None = None
     extra: dict[str, str] = {}
     if source.bundle:

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from trainfleet.health.probes.judge import judge_pairs
+from trainfleet.health.probes.store import job_results
 from trainfleet.store import Store
 from trainfleet.store import schema as t
 from trainfleet.store.db import run_read
@@ -46,9 +47,7 @@ class ProbeMatrixSource:
             return self._doc
 
     def _build(self, job_id: str) -> dict[str, Any]:
-        p = t.probe_results
-        query = sa.select(p).where(p.c.job_id == job_id, p.c.probe == PAIRS).order_by(p.c.id)
-        rows = run_read(self.store.engine, lambda c: c.execute(query).all())
+        rows = [r for r in job_results(self.store, [job_id]) if r.probe == PAIRS]
         values = {r.node: {"value": r.value, "verdict": r.verdict, "metric": r.metric} for r in rows}
         links: dict[tuple[str, str], float] = {}
         for r in rows:
@@ -56,7 +55,6 @@ class ProbeMatrixSource:
             if isinstance(stored, dict):
                 links.update({(r.node, str(dst)): float(v) for dst, v in stored.items()
                               if isinstance(v, int | float)})
-        source = "store"
         note = "" if links else "this pairs run stored no per-link figures (only each node's median)"
         nodes = sorted(set(values) | {n for link in links for n in link}, key=_by_name)
         slow_nodes = sorted((n for n, v in values.items() if v["verdict"] == "slow"), key=_by_name)
@@ -66,7 +64,7 @@ class ProbeMatrixSource:
         slow = [[(a, b) in links and (f"{a}->{b}" in blamed_links or a in slow_nodes or b in slow_nodes)
                  for b in nodes] for a in nodes]
         return {"job_id": job_id, "ts": max(r.ts for r in rows), "backend": rows[0].backend,
-                "source": source, "note": note, "nodes": nodes, "gbps": gbps if links else None,
+                "source": "store", "note": note, "nodes": nodes, "gbps": gbps if links else None,
                 "slow": slow if links else None, "node_values": values, "slow_nodes": slow_nodes}
 
 

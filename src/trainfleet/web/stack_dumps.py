@@ -33,7 +33,7 @@ def stack_dumps_of(store: Store, job_id: str) -> list[dict[str, Any]]:
     for ev in store.events(job_id, kinds=["stacks_dumped"]):
         data = ev.data or {}
         files = data.get("files") if isinstance(data.get("files"), dict) else {}
-        odd = [int(r) for r in data.get("odd_ranks") or [] if isinstance(r, int | str) and str(r).isdigit()]
+        odd = _odd_ranks(data)
         ranks = sorted(int(r) for r in files if str(r).isdigit())
         out.append({"attempt": ev.attempt, "ts": ev.ts, "directory": data.get("directory"),
                     "tool": data.get("tool"), "odd_ranks": odd, "message": ev.message,
@@ -60,9 +60,14 @@ def dump_doc(store: Store, job_id: str, attempt: int, rank: int) -> dict[str, An
     with path.open("rb") as fh:
         raw = fh.read(DUMP_MAX_BYTES + 1)
     text = raw[:DUMP_MAX_BYTES].decode("utf-8", errors="replace")
-    odd = rank in [int(r) for r in data.get("odd_ranks") or [] if str(r).isdigit()]
+    odd = rank in _odd_ranks(data)
     return {"id": job.id, "attempt": attempt, "rank": rank, "odd": odd, "text": text,
             "truncated": len(raw) > DUMP_MAX_BYTES}
+
+
+def _odd_ranks(data: dict[str, Any]) -> list[int]:
+    """The event's ``odd_ranks`` as ints (whatever else a stored event holds there is skipped)."""
+    return [int(r) for r in data.get("odd_ranks") or [] if isinstance(r, int | str) and str(r).isdigit()]
 
 
 def _inside_run_dir(run_dir: str, stored: str) -> Path | None:

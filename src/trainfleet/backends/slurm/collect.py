@@ -59,9 +59,7 @@ def choose_nodes(nodes: list[SlurmNode], *, partition: str | None, count: int | 
         if partition is not None and partition not in node.partitions:
             continue
         if not node.is_usable:
-            state = ("drained" if node.is_drained else "draining" if node.is_draining
-                     else "down" if node.is_down else node.state)
-            skipped.append(Skipped(node.name, f"{state}: {node.reason}" if node.reason else state))
+            skipped.append(Skipped(node.name, node.condition))
         elif count is not None and len(chosen) >= count:
             skipped.append(Skipped(node.name, f"--nodes {count} already chosen"))
         else:

@@ -104,6 +104,13 @@ class SlurmNode:
         """Up and taking new jobs now or once its current jobs end: preflight and collect may use it."""
         return self.state in ("idle", "mixed", "allocated") and not (self.flags & _UNUSABLE_FLAGS)
 
+    @property
+    def condition(self) -> str:
+        """What keeps it from new jobs, for messages: ``drained: <reason>``, ``down``, ``draining``..."""
+        state = ("drained" if self.is_drained else "draining" if self.is_draining
+                 else "down" if self.is_down else self.state)
+        return f"{state}: {self.reason}" if self.reason else state
+
 
 _UNUSABLE_FLAGS = frozenset({"DRAIN", "FAIL", "NOT_RESPONDING", "MAINTENANCE", "REBOOT_ISSUED"})
 

@@ -221,17 +221,6 @@ def probe_spec(request: ProbeRequest, backend: str, *, workdir: str | None = Non
     )
 
 
-def _create_job(spec: JobSpec, store: Store) -> tuple[str, str]:
-    """Record the probe job and write its resolved spec, as ``service.create_job`` does for any job."""
-    import yaml
-
-    job_id = store.create_job(spec)
-    run_dir = Path(store.get_job(job_id).run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    return job_id, str(run_dir)
-
-
 def run_job(spec: JobSpec, backend: Backend, store: Store, *,
             timeout_s: float) -> tuple[str, str, str | None]:
     """Supervise ``spec`` on ``backend`` to its end (cancelled after ``timeout_s``); returns
@@ -240,11 +229,11 @@ def run_job(spec: JobSpec, backend: Backend, store: Store, *,
     The supervisor listens where the backend's agents can reach it (``backend.supervisor_host``, loopback
     for the local backend).
     """
+    from trainfleet.service import record_job
     from trainfleet.supervise.supervisor import Supervisor
 
-    job_id, run_dir = _create_job(spec, store)
-    host = getattr(backend, "supervisor_host", "127.0.0.1")
-    sup = Supervisor(store, job_id, spec, backend, run_dir=run_dir, host=host)
+    job_id = record_job(spec, store)
+    sup = Supervisor(store, job_id, spec, backend, run_dir=store.get_job(job_id).run_dir)
     timer = threading.Timer(timeout_s, sup.request_cancel, args=(f"probe timed out after {timeout_s:g}s",))
     timer.daemon = True
     timer.start()
@@ -320,11 +309,12 @@ def run_probe(request: ProbeRequest, *, store: Store, backend: str = "local",
     start = time.monotonic()
     job_id, state, reason = run_job(spec, engine, store, timeout_s=request.timeout_s)
     # attempt_started: written once submitted (local, netns) or once the allocation is known (Slurm)
-    started = bool(store.events(job_id, kinds=["attempt_started"]))
+    started_events = store.events(job_id, kinds=["attempt_started"])
+    started = bool(started_events)
     if getattr(engine, "places_nodes", False):  # the engine numbered the nodes: name ranks by its allocation
         from trainfleet.health.probes.slurm_nodes import allocation_names
 
-        allocated = allocation_names(store, job_id)
+        allocated = allocation_names(store, job_id, events=started_events)
         if allocated is not None and len(allocated) == request.nodes:
             names = allocated
     record = store.get_job(job_id)

@@ -17,6 +17,7 @@ from trainfleet.errors import BackendError, EngineOutputError, InputError
 if TYPE_CHECKING:
     from trainfleet.backends.slurm.parse import SlurmNode
     from trainfleet.store import Store
+    from trainfleet.store.records import EventRecord
 
 
 def sinfo_nodes() -> list[SlurmNode]:
@@ -60,7 +61,7 @@ def pick_nodes(count: int, hosts: Sequence[str] | None = None, *, partition: str
             if partition is not None and partition not in node.partitions:
                 raise InputError(f"--hosts: {name} is not in partition {partition}")
             if not node.is_usable:
-                raise InputError(f"--hosts: {name} is not usable now ({_why(node)})")
+                raise InputError(f"--hosts: {name} is not usable now ({node.condition})")
         return names
     chosen, skipped = choose_nodes(cluster, partition=partition, count=count)
     if len(chosen) < count:
@@ -70,10 +71,12 @@ def pick_nodes(count: int, hosts: Sequence[str] | None = None, *, partition: str
     return chosen
 
 
-def allocation_names(store: Store, job_id: str) -> list[str] | None:
+def allocation_names(store: Store, job_id: str, *, events: Sequence[EventRecord] | None = None
+                     ) -> list[str] | None:
     """The Slurm node of each node rank of the job's last attempt that started (the supervisor's
-    ``attempt_started`` event), or None when no attempt got that far."""
-    events = store.events(job_id, kinds=["attempt_started"])
+    ``attempt_started`` event; pass ``events`` when already read), or None when no attempt got that far."""
+    if events is None:
+        events = store.events(job_id, kinds=["attempt_started"])
     for event in reversed(events):
         nodes = (event.data or {}).get("nodes")
         if isinstance(nodes, dict) and nodes:
@@ -84,7 +87,3 @@ def allocation_names(store: Store, job_id: str) -> list[str] | None:
     return None
 
 
-def _why(node: SlurmNode) -> str:
-    state = ("drained" if node.is_drained else "draining" if node.is_draining
-             else "down" if node.is_down else node.state)
-    return f"{state}: {node.reason}" if node.reason else state
