@@ -371,6 +371,10 @@ def test_node_history_quarantine_and_release(store: Store) -> None:
     assert [e.kind for e in events] == ["blamed"] * 4 + ["quarantined", "released"]
     assert events[-1].reason == "reseated the NIC" and events[0].job_id == "aaaa0001"
     assert [e.node for e in store.node_events()].count("gpu-02") == 1
+    recent = store.recent_node_events(["gpu-07", "gpu-02", "gpu-99"], 2)
+    assert {n: [e.kind for e in evs] for n, evs in recent.items()} == {
+        "gpu-07": ["quarantined", "released"], "gpu-02": ["blamed"]}
+    assert recent["gpu-02"][0].to_dict()["reason"] == "straggler" and store.recent_node_events([], 5) == {}
     with pytest.raises(StoreError, match="unknown node 'gpu-99'"):
         store.release_node("gpu-99")
 

@@ -28,12 +28,11 @@ def nodes_cmd(
 
     with open_store() as store:
         nodes = store.nodes()
-        events = {n.name: store.node_events(n.name, limit=max(history, 1)) for n in nodes}
+        events = store.recent_node_events([n.name for n in nodes], max(history, 1))
     if as_json:
         doc = [{"name": n.name, "state": n.state.value, "blames": n.blames, "last_reason": n.last_reason,
                 "last_job_id": n.last_job_id, "updated_at": n.updated_at,
-                "history": [{"ts": e.ts, "kind": e.kind, "job_id": e.job_id, "attempt": e.attempt,
-                             "reason": e.reason} for e in events[n.name]]} for n in nodes]
+                "history": [e.to_dict() for e in events.get(n.name, [])]} for n in nodes]
         typer.echo(json.dumps(doc, indent=2))
         return
     con = console()
@@ -43,7 +42,7 @@ def nodes_cmd(
     for n in nodes:
         con.print(f"[bold]{n.name}[/bold]  {n.state.value}  blames {n.blames}  "
                   f"(updated {fmt_time(n.updated_at)})", highlight=False)
-        for e in events[n.name][-history:] if history else []:
+        for e in events.get(n.name, [])[-history:] if history else []:
             job = ""
             if e.job_id:
                 job = f" job {e.job_id}" + (f" attempt {e.attempt}" if e.attempt is not None else "")

@@ -57,6 +57,11 @@ class NodeEventRecord:
     attempt: int | None
     reason: str | None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The line as JSON for `trainfleet nodes --json` and the dashboard."""
+        return {"ts": self.ts, "kind": self.kind, "job_id": self.job_id, "attempt": self.attempt,
+                "reason": self.reason}
+
 
 class NodeHistory:
     """Node queries of ``Store`` (mixed in; needs ``self.engine``)."""
@@ -134,6 +139,19 @@ class NodeHistory:
             query = query.where(t.node_events.c.node == name)
         rows = run_read(self.engine, lambda c: c.execute(query).all())
         return [_node_event(r) for r in reversed(rows)]
+
+    def recent_node_events(self, names: list[str], per_node: int) -> dict[str, list[NodeEventRecord]]:
+        """The newest ``per_node`` history lines of each node in ``names``, oldest first (one query)."""
+        if not names:
+            return {}
+        e = t.node_events
+        newest = sa.func.row_number().over(partition_by=e.c.node, order_by=e.c.id.desc()).label("newest")
+        ranked = sa.select(*e.c, newest).where(e.c.node.in_(names)).subquery()
+        query = sa.select(ranked).where(ranked.c.newest <= per_node).order_by(ranked.c.node, ranked.c.id)
+        out: dict[str, list[NodeEventRecord]] = {}
+        for r in run_read(self.engine, lambda c: c.execute(query).all()):
+            out.setdefault(r.node, []).append(_node_event(r))
+        return out
 
 
 def _last_release_id(conn: Connection, name: str) -> int:

@@ -11,7 +11,6 @@ re-reads only when the newest event id moved. Releasing a node is ``Store.releas
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,10 +61,10 @@ def flagged_nodes(store: Store, *, limit: int = FLAGGED_MAX,
     query = (sa.select(n).where(n.c.state.in_(FLAGGED))
              .order_by(quarantined_first, n.c.updated_at.desc(), n.c.name).limit(limit))
     rows = run_read(store.engine, lambda c: c.execute(query).all())
-    history = _recent_events(store, [r.name for r in rows], events) if rows else {}
+    history = store.recent_node_events([r.name for r in rows], events)
     return [{"name": r.name, "state": r.state, "blames": r.blames, "last_reason": r.last_reason,
-             "last_job_id": r.last_job_id, "updated_at": r.updated_at, "history": history.get(r.name, [])}
-            for r in rows]
+             "last_job_id": r.last_job_id, "updated_at": r.updated_at,
+             "history": [e.to_dict() for e in history.get(r.name, [])]} for r in rows]
 
 
 def node_doc(store: Store, name: str, *, events: int = 50) -> dict[str, Any] | None:
@@ -76,19 +75,4 @@ def node_doc(store: Store, name: str, *, events: int = 50) -> dict[str, Any] | N
     return {"name": record.name, "state": record.state.value, "blames": record.blames,
             "last_reason": record.last_reason, "last_job_id": record.last_job_id,
             "updated_at": record.updated_at,
-            "history": [{"ts": e.ts, "kind": e.kind, "job_id": e.job_id, "attempt": e.attempt,
-                         "reason": e.reason} for e in store.node_events(name, limit=events)]}
-
-
-def _recent_events(store: Store, names: list[str], per_node: int) -> dict[str, list[dict[str, Any]]]:
-    """The newest ``per_node`` history lines of each node in ``names``, oldest first (one query)."""
-    e = t.node_events
-    newest = sa.func.row_number().over(partition_by=e.c.node, order_by=e.c.id.desc()).label("newest")
-    ranked = (sa.select(e.c.id, e.c.node, e.c.ts, e.c.kind, e.c.job_id, e.c.attempt, e.c.reason, newest)
-              .where(e.c.node.in_(names)).subquery())
-    query = sa.select(ranked).where(ranked.c.newest <= per_node).order_by(ranked.c.node, ranked.c.id)
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in run_read(store.engine, lambda c: c.execute(query).all()):
-        out[r.node].append({"ts": r.ts, "kind": r.kind, "job_id": r.job_id, "attempt": r.attempt,
-                            "reason": r.reason})
-    return out
+            "history": [e.to_dict() for e in store.node_events(name, limit=events)]}
